@@ -1,0 +1,53 @@
+r"""The paper's CIFAR-10 setting (MA2ML, CVPR 2023, Section 4.2).
+
+AUG: 25 AutoAugment sub-policies; NAS: NASNet normal + reduction cell, 17 cells with reduction cells
+at positions 5 and 11; HPO: SGD with the warm-up learning rate and weight decay searched (4 values
+each). 24 pipelines per iteration, 12 proxy epochs each, 10K validation images held out of train,
+top 30 pipelines retrained (600 epochs in the paper).
+
+  python -m ma2ml_jax.train --config=configs/cifar10.py --workdir=runs/cifar10
+  python -m ma2ml_jax.train --config=configs/cifar10.py:local   # tiny CPU variant
+"""
+
+from ma2ml_jax.config import base_config
+
+DATASET = "tfds:cifar10"
+
+
+def get_config(arg=None):
+    return paper_cifar(DATASET, arg)
+
+
+def paper_cifar(source, arg=None):
+    c = base_config()
+    c.data.source = source
+    c.data.val_size = 10_000
+    c.spaces.aug.num_subpolicies = 25
+    c.spaces.nas = {"kind": "cell", "num_blocks": 5}
+    c.spaces.hpo.variant = "cifar"
+    c.search.pipelines = 24
+    c.search.iterations = 209  # 5,016 pipelines on CIFAR-10 in the paper
+    c.evaluate.epochs = 12
+    c.evaluate.batch_size = 128
+    c.model.cells = 17
+    c.model.reduction_cells = (5, 11)
+    c.model.cell_channels = 16
+    c.retrain.top_k = 30
+    c.retrain.epochs = 600
+    c.retrain.seeds = 5
+    if arg == "local":
+        c.data.val_size = 500
+        c.data.max_train = 1024
+        c.spaces.aug.num_subpolicies = 5
+        c.search.pipelines = 4
+        c.search.iterations = 2
+        c.evaluate.epochs = 1
+        c.model.cells = 5
+        c.model.reduction_cells = (2, 4)
+        c.model.cell_channels = 8
+        c.retrain.top_k = 2
+        c.retrain.epochs = 2
+        c.retrain.seeds = 1
+    elif arg:
+        raise ValueError(f"this config takes no argument or 'local', got {arg!r}")
+    return c

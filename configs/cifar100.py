@@ -1,0 +1,14 @@
+r"""The paper's CIFAR-100 setting: as CIFAR-10 (configs/cifar10.py), 4,008 pipelines searched.
+
+  python -m ma2ml_jax.train --config=configs/cifar100.py --workdir=runs/cifar100
+  python -m ma2ml_jax.train --config=configs/cifar100.py:local   # tiny CPU variant
+"""
+
+from configs.cifar10 import paper_cifar
+
+
+def get_config(arg=None):
+    c = paper_cifar("tfds:cifar100", arg)
+    if not arg:
+        c.search.iterations = 167  # 4,008 pipelines on CIFAR-100 in the paper
+    return c

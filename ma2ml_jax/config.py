@@ -1,0 +1,112 @@
+"""The experiment config schema: every key, its default, and the checks run before any work.
+
+Experiment files in `configs/` start from `base_config()` and change what differs, so every config
+has the same keys and `--config.x=v` overrides mean the same everywhere. `validate` turns a bad
+value into a `ConfigError` naming the key and the valid choices. Values derived from the config
+(steps from epochs, ...) are computed by helpers here and never written back (big_vision style).
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from ma2ml_jax.errors import ConfigError, choices
+
+ALGORITHMS = ("random",)
+REWARDS = ("accuracy", "mnas", "linear")
+SPACE_KINDS = ("augment", "macro", "cell", "recipe")
+AGENTS = ("aug", "nas", "hpo")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All keys with CPU-sized defaults (the bundled digits data)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "digits"  # digits | tfds:NAME[/CONFIG] | npz:PATH
+    c.data.val_size = 300  # images carved from train for the search reward
+    c.data.classes = 0  # > 0: seeded random class subset (ImageNet-200)
+    c.data.num_classes = 0  # > 0: declared class count, labels are checked against it
+    c.data.max_train = 0  # > 0: cap on the proxy training split (seeded)
+    c.data.data_dir = ""  # TFDS data directory; "" = TFDS's default
+
+    # One agent per ML module; each is a space kind plus that kind's arguments.
+    c.spaces = ml_collections.ConfigDict()
+    c.spaces.aug = ml_collections.ConfigDict({"kind": "augment", "num_subpolicies": 5,
+                                              "sample_pairing": False})
+    c.spaces.nas = ml_collections.ConfigDict({"kind": "macro", "variant": "tiny"})
+    c.spaces.hpo = ml_collections.ConfigDict({"kind": "recipe", "variant": "tiny"})
+
+    c.search = ml_collections.ConfigDict()
+    c.search.algorithm = "random"
+    c.search.iterations = 4  # search iterations (batches of pipelines)
+    c.search.pipelines = 8  # P: pipelines sampled and evaluated per iteration
+
+    # Proxy-network training that produces each pipeline's reward.
+    c.evaluate = ml_collections.ConfigDict()
+    c.evaluate.epochs = 3
+    c.evaluate.batch_size = 64
+    c.evaluate.eval_batch_size = 512
+    c.evaluate.loss_threshold = 1e3  # a training loss above this (or NaN) fails the pipeline
+
+    # Network settings that are not searched.
+    c.model = ml_collections.ConfigDict()
+    c.model.cells = 17  # cell space: number of cells
+    c.model.reduction_cells = (5, 11)  # cell space: 1-based positions of reduction cells
+    c.model.cell_channels = 16  # cell space: channels of the first cell
+
+    c.reward = ml_collections.ConfigDict()
+    c.reward.kind = "accuracy"  # accuracy | mnas: Acc*(FLOPs/T)^w | linear: cA*Acc - cS*SizeMB
+    c.reward.flops_target = 600e6  # mnas: the FLOPs constraint T
+    c.reward.w = -0.07  # mnas: the exponent w
+    c.reward.acc_weight = 1.0  # linear: cA
+    c.reward.size_weight = 0.0  # linear: cS per MB of float32 parameters
+    c.reward.failure = 0.0  # reward of a pipeline that failed (NaN loss, over threshold, ...)
+
+    c.retrain = ml_collections.ConfigDict()
+    c.retrain.top_k = 3
+    c.retrain.epochs = 10
+    c.retrain.seeds = 2
+    return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks values (types are checked by ConfigDict); raises ConfigError naming the key."""
+    if config.search.algorithm not in ALGORITHMS:
+        raise ConfigError(f"search.algorithm={config.search.algorithm!r} is not one of "
+                          f"{choices(ALGORITHMS)}")
+    if config.reward.kind not in REWARDS:
+        raise ConfigError(f"reward.kind={config.reward.kind!r} is not one of {choices(REWARDS)}")
+    for key in ("search.iterations", "search.pipelines", "evaluate.epochs",
+                "evaluate.batch_size", "evaluate.eval_batch_size"):
+        section, name = key.split(".")
+        if config[section][name] < 1:
+            raise ConfigError(f"{key}={config[section][name]} must be >= 1")
+    if config.data.val_size < 1:
+        raise ConfigError(f"data.val_size={config.data.val_size} must be >= 1")
+    if config.reward.kind == "mnas" and not config.reward.flops_target > 0:
+        raise ConfigError("reward.flops_target must be > 0 for reward.kind='mnas'")
+    if not config.spaces:
+        raise ConfigError("spaces is empty: at least one agent space is needed")
+    for agent, spec in config.spaces.items():
+        kind = spec.get("kind")
+        if kind not in SPACE_KINDS:
+            raise ConfigError(f"spaces.{agent}.kind={kind!r} is not one of {choices(SPACE_KINDS)}")
+    kinds = [spec.kind for spec in config.spaces.values()]
+    for kind in kinds:
+        if kinds.count(kind) > 1:
+            raise ConfigError(f"two agents use space kind {kind!r}; each module is one agent")
+    if "macro" in kinds and "cell" in kinds:
+        raise ConfigError("spaces has both a 'macro' and a 'cell' architecture; pick one")
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Training steps in one epoch (the last partial batch is dropped, at least one step)."""
+    return max(1, num_examples // batch_size)
+
+
+def total_steps(epochs: float, num_examples: int, batch_size: int) -> int:
+    return max(1, int(math.ceil(epochs * steps_per_epoch(num_examples, batch_size))))

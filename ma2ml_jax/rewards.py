@@ -1,0 +1,43 @@
+"""Rewards from a pipeline's metrics (the paper's Section 4.1 and Iranfar et al.'s equation 2).
+
+  accuracy: R = Acc
+  mnas:     R = Acc * (FLOPs / T)^w        (MnasNet; the paper uses T = 600M, w = -0.07)
+  linear:   R = cA * Acc - cS * SizeMB     (Iranfar et al., SizeMB of float32 parameters)
+A failed pipeline (NaN loss, over a threshold, unbuildable) gets `reward.failure` whatever its
+metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ml_collections
+
+from ma2ml_jax.config import REWARDS
+from ma2ml_jax.errors import ConfigError, choices
+
+
+def make_reward_fn(config: ml_collections.ConfigDict) -> Callable[[Mapping[str, Any]], float]:
+    """Returns `reward(metrics) -> float` for `config.reward`."""
+    kind, failure = config.kind, float(config.failure)
+    if kind == "accuracy":
+        def value(m):
+            return m["accuracy"]
+    elif kind == "mnas":
+        target, w = float(config.flops_target), float(config.w)
+
+        def value(m):
+            return m["accuracy"] * (max(m["flops"], 1.0) / target) ** w
+    elif kind == "linear":
+        ca, cs = float(config.acc_weight), float(config.size_weight)
+
+        def value(m):
+            return ca * m["accuracy"] - cs * m["params"] * 4 / 2**20
+    else:
+        raise ConfigError(f"reward.kind={kind!r} is not one of {choices(REWARDS)}")
+
+    def reward(metrics: Mapping[str, Any]) -> float:
+        return failure if metrics.get("failure") else float(value(metrics))
+
+    return reward
