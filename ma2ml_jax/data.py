@@ -6,12 +6,12 @@ Sources (the `data.source` config value):
     split so that test numbers are comparable across runs.
   * ``tfds:NAME[/CONFIG]``: a TensorFlow Datasets dataset that is already prepared in `data_dir`
     (cifar10, cifar100, imagenet2012, ...). Read with `tfds.data_source` (random access, no
-    TensorFlow needed) where the prepared files are ArrayRecord; else with `tfds.load`, which needs
-    TensorFlow installed. `classes` picks a seeded random class subset (ImageNet-200).
+    TensorFlow needed) where the prepared files are ArrayRecord; else with `tfds.load`, which
+    needs TensorFlow installed. `classes` picks a seeded random class subset (ImageNet-200).
   * ``npz:PATH``: a user's own arrays `x_train`, `y_train`, `x_test`, `y_test`.
 
-The validation split (the search reward) is carved from train by a seeded permutation; the test split
-is touched only by the final retraining.
+The validation split (the search reward) is carved from train by a seeded permutation; the test
+split is touched only by the final retraining.
 """
 
 from __future__ import annotations
