@@ -1,0 +1,56 @@
+"""Search spaces: each agent's action is an ordered list of categorical decisions.
+
+`make_space(kind, **kwargs)` builds one from a config entry ``{kind, **arguments}``:
+
+| kind    | factory                                          | the paper's use           |
+|---------|--------------------------------------------------|---------------------------|
+| augment | `augment_space(num_subpolicies, sample_pairing)` | AUG (AutoAugment)         |
+| macro   | `macro_space(variant)`                           | NAS on ImageNet (FBNetV3) |
+| cell    | `cell_space(num_blocks)`                         | NAS on CIFAR (NASNet)     |
+| recipe  | `recipe_space(variant)`                          | HPO                       |
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from ma2ml_jax.spaces.augment import augment_space, to_policy
+from ma2ml_jax.spaces.base import Decision, PipelineSpace, Space
+from ma2ml_jax.spaces.cell import CELL_OPS, CIFAR_CELL_LAYOUT, CellLayout, cell_space
+from ma2ml_jax.spaces.macro import MacroSpace, macro_space
+from ma2ml_jax.spaces.recipe import recipe_space, to_hparams
+
+__all__ = [
+    "CELL_OPS", "CIFAR_CELL_LAYOUT", "CellLayout", "Decision", "MacroSpace", "PipelineSpace",
+    "SPACE_FACTORIES", "Space", "augment_space", "cell_space", "macro_space", "make_space",
+    "recipe_space", "to_hparams", "to_policy",
+]
+
+SPACE_FACTORIES: dict[str, Callable[..., Space]] = {
+    "augment": augment_space,
+    "macro": macro_space,
+    "cell": cell_space,
+    "recipe": recipe_space,
+}
+
+
+def make_space(kind: str, **kwargs) -> Space:
+    """Builds the space of `kind` with the factory's keyword arguments.
+
+    Raises:
+      ValueError: naming the valid kinds, arguments or variants when one is wrong.
+    """
+    if kind not in SPACE_FACTORIES:
+        raise ValueError(f"unknown space kind {kind!r}; valid: {sorted(SPACE_FACTORIES)}")
+    factory = SPACE_FACTORIES[kind]
+    params = inspect.signature(factory).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise ValueError(f"space kind {kind!r} takes no argument(s) {unknown}; "
+                         f"valid: {sorted(params)}")
+    missing = sorted(name for name, p in params.items()
+                     if p.default is inspect.Parameter.empty and name not in kwargs)
+    if missing:
+        raise ValueError(f"space kind {kind!r} needs argument(s) {missing}")
+    return factory(**kwargs)
