@@ -16,6 +16,7 @@ from ma2ml_jax.errors import ConfigError, choices
 
 ALGORITHMS = ("random",)
 REWARDS = ("accuracy", "mnas", "linear")
+NETWORKS = ("masked", "exact")
 SPACE_KINDS = ("augment", "macro", "cell", "recipe")
 AGENTS = ("aug", "nas", "hpo")
 
@@ -47,10 +48,13 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Proxy-network training that produces each pipeline's reward.
     c.evaluate = ml_collections.ConfigDict()
-    c.evaluate.epochs = 3
+    c.evaluate.epochs = 2
     c.evaluate.batch_size = 64
     c.evaluate.eval_batch_size = 512
     c.evaluate.loss_threshold = 1e3  # a training loss above this (or NaN) fails the pipeline
+    # masked: one max-size network for every architecture, one compiled program per resolution;
+    # exact: an exactly-shaped network compiled per architecture (the reference).
+    c.evaluate.network = "masked"
 
     # Network settings that are not searched.
     c.model = ml_collections.ConfigDict()
@@ -85,6 +89,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         section, name = key.split(".")
         if config[section][name] < 1:
             raise ConfigError(f"{key}={config[section][name]} must be >= 1")
+    if config.evaluate.network not in NETWORKS:
+        raise ConfigError(f"evaluate.network={config.evaluate.network!r} is not one of "
+                          f"{choices(NETWORKS)}")
     if config.data.val_size < 1:
         raise ConfigError(f"data.val_size={config.data.val_size} must be >= 1")
     if config.reward.kind == "mnas" and not config.reward.flops_target > 0:

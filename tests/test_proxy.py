@@ -19,9 +19,9 @@ def digits():
     return data.load("digits", val_size=300, seed=0)
 
 
-def _trainer(d, optimizer="sgd", total=40):
+def _trainer(d, total=40):
     net = MacroNet(MacroArch.from_config(ARCH), d.num_classes)
-    return proxy.make_trainer(net, optimizer, image_shape=d.image_shape, num_classes=10,
+    return proxy.make_trainer(net, image_shape=d.image_shape, num_classes=10,
                               mean=d.mean, std=d.std, total_steps=total, augment_images=False)
 
 
@@ -34,14 +34,28 @@ def test_learning_rate_schedule_by_hand():
     assert lr(20) == pytest.approx(0.0, abs=1e-7)
 
 
+def test_phase_schedule_recipe_by_hand():
+    # The paper's CIFAR recipe: one learning rate and weight decay per tenth of training.
+    lrs = [0.025, 0.05, 0.1, 0.2, 0.2, 0.1, 0.05, 0.025, 0.025, 0.025]
+    wds = [1e-4] * 5 + [1e-3] * 5
+    hp = proxy.Hyperparams.from_recipe({"learning_rate_schedule": lrs,
+                                        "weight_decay_schedule": wds}, 10)
+    total = 50  # 5 steps a phase
+    for step in (0, 4, 5, 17, 49):
+        assert float(proxy.learning_rate(hp, jnp.int32(step), total)) == pytest.approx(
+            lrs[step // 5])
+        assert float(proxy.weight_decay(hp, jnp.int32(step), total)) == pytest.approx(
+            wds[step // 5])
+
+
 def test_training_learns_digits_and_new_recipe_does_not_recompile(digits):
     t = _trainer(digits)
     step = jax.jit(t.train_step)
     state = jax.jit(t.init)(jax.random.key(0))
     x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
     recipes = [{"learning_rate": 0.1, "weight_decay": 1e-4},
-               {"learning_rate": 0.05, "weight_decay": 0.0, "label_smoothing": 0.1,
-                "mixup": 0.2, "dropout": 0.1, "stochastic_depth": 0.1}]
+               {"optimizer": 2, "learning_rate": 0.003, "weight_decay": 0.0,
+                "label_smoothing": 0.1, "mixup": 0.2, "dropout": 0.1, "stochastic_depth": 0.1}]
     losses = []
     for r, recipe in enumerate(recipes):
         hp = proxy.Hyperparams.from_recipe(recipe, 10)
@@ -52,23 +66,39 @@ def test_training_learns_digits_and_new_recipe_does_not_recompile(digits):
             losses.append(float(loss))
         if r == 0:
             trained = s
-    assert step._cache_size() == 1  # the second recipe reused the compiled step
+    assert step._cache_size() == 1  # the second recipe (another optimizer) reused the program
     assert np.mean(losses[30:40]) < 0.7 * np.mean(losses[:5])
     correct = jax.jit(t.eval_batch)(trained, jnp.asarray(digits.x_val), jnp.asarray(digits.y_val),
                                     jnp.ones(300, bool), 0.0)
     assert int(correct) / 300 > 0.6
 
 
-@pytest.mark.parametrize("optimizer", proxy.OPTIMIZERS)
-def test_every_optimizer_takes_a_step(digits, optimizer):
-    t = _trainer(digits, optimizer)
-    state = t.init(jax.random.key(0))
-    hp = proxy.Hyperparams.from_recipe({"learning_rate": 0.01, "weight_decay": 1e-4}, 10)
+def test_the_recipe_picks_the_optimizer(digits):
+    # One program holds every optimizer type. First steps worked out by hand from the same
+    # gradient g: SGD (Nesterov, momentum 0.9) moves -lr * 1.9 * (g + wd * p); AdamW moves
+    # -lr * (sign(g) + wd * p) (bias-corrected m / sqrt(v) = g / |g|); RMSProp differs from both.
+    t = _trainer(digits)
+    state = jax.jit(t.init)(jax.random.key(0))
     x, y = jnp.asarray(digits.x_train[:32]), jnp.asarray(digits.y_train[:32])
-    new, loss = jax.jit(t.train_step)(state, x, y, hp, NO_POLICY, jax.random.key(1))
-    assert np.isfinite(float(loss)) and int(new.step) == 1
-    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new.params, state.params)
-    assert max(jax.tree.leaves(moved)) > 0
+    step = jax.jit(t.train_step)
+    lr, wd = 0.01, 1e-4
+    delta = {}
+    for index, kind in enumerate(proxy.OPTIMIZERS):
+        hp = proxy.Hyperparams.from_recipe({"optimizer": index, "learning_rate": lr,
+                                            "weight_decay": wd}, 10)
+        new, loss = step(state, x, y, hp, NO_POLICY, jax.random.key(1))
+        assert np.isfinite(float(loss)) and int(new.step) == 1
+        delta[kind] = new.params["classifier"]["kernel"] - state.params["classifier"]["kernel"]
+    assert step._cache_size() == 1
+    p = state.params["classifier"]["kernel"]
+    # The schedule's first step: cosine at progress 0 and no warm-up, so the rate is lr.
+    g = -delta["sgd"] / (1.9 * lr) - wd * p
+    big = jnp.abs(g) > 1e-4
+    want = -lr * (jnp.sign(g) + wd * p)
+    np.testing.assert_allclose(np.asarray(delta["adamw"])[big], np.asarray(want)[big], rtol=1e-3,
+                               atol=1e-6)
+    assert not np.allclose(delta["rmsprop"], delta["sgd"])
+    assert not np.allclose(delta["rmsprop"], delta["adamw"])
 
 
 def test_eval_counts_only_valid_examples(digits):

@@ -9,7 +9,7 @@ import flax.linen as nn
 
 from ma2ml_jax.models.macro_net import MacroArch, MacroNet
 
-__all__ = ["MacroArch", "MacroNet", "make_network"]
+__all__ = ["MacroArch", "MacroNet", "make_network", "make_network_for"]
 
 
 def make_network(kind: str, arch: Mapping[str, Any], num_classes: int, model_config) -> nn.Module:
@@ -24,3 +24,25 @@ def make_network(kind: str, arch: Mapping[str, Any], num_classes: int, model_con
                                 reduction_cells=tuple(model_config.reduction_cells),
                                 channels=model_config.cell_channels)
     raise ValueError(f"no network for space kind {kind!r}; valid: 'macro', 'cell'")
+
+
+def make_network_for(kind: str, space, arch: Mapping[str, Any], num_classes: int, model_config,
+                     masked: bool):
+    """(network, architecture arrays) for a decoded architecture of `space`.
+
+    masked=True: the space's max-size network, shared by all its architectures of one resolution,
+    and the architecture as arrays (the network's `arch` argument). masked=False, or a space with
+    no masked network yet: the exactly-shaped network and None.
+    """
+    if masked and kind == "macro":
+        import jax
+        import jax.numpy as jnp
+
+        from ma2ml_jax.models import macro_masked
+
+        impl = "taps" if jax.default_backend() == "cpu" else "conv"
+        net = macro_masked.MaskedMacroNet(macro_masked.MacroBounds.from_space(space), num_classes,
+                                          int(arch["resolution"]), impl)
+        arrays = macro_masked.macro_arrays(arch)
+        return net, type(arrays)(*(jnp.asarray(a) for a in arrays))
+    return make_network(kind, arch, num_classes, model_config), None

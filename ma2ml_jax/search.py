@@ -1,0 +1,248 @@
+"""The search driver: ask -> evaluate -> tell, with a trial log, progress and resume.
+
+    result = search.run(config, workdir)                  # trains proxy networks for rewards
+    result = search.run(config, workdir, objective=fn)    # your own function of decoded pipelines
+
+Every evaluated pipeline is appended to `workdir/trials.jsonl` (one JSON object a line: iteration,
+index, decoded pipeline, tokens, reward, accuracy, FLOPs, params, wall time, failure reason).
+Rerunning with the same workdir resumes: the completed iterations are replayed through the
+searcher's ask/tell from the log (per-iteration keys are `fold_in(seed, iteration)`, so the replay
+rebuilds the searcher state exactly, without evaluating anything again), then the search goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from ma2ml_jax import agents, data, rewards, spaces
+from ma2ml_jax import config as config_lib
+from ma2ml_jax.errors import ConfigError, UserError
+
+TRIALS = "trials.jsonl"
+CONFIG = "config.json"
+# An objective maps decoded pipelines to rewards (floats) or to metrics dicts with a "reward" key.
+Objective = Callable[[list[dict[str, Any]]], Sequence[float] | Sequence[Mapping[str, Any]]]
+
+
+class SearchResult(NamedTuple):
+    best_pipeline: dict[str, Any]
+    best_reward: float
+    trials: list[dict[str, Any]]
+    workdir: str
+    space: spaces.PipelineSpace
+
+
+def make_pipeline_space(spaces_config: ml_collections.ConfigDict) -> spaces.PipelineSpace:
+    """Builds {agent: Space} from `config.spaces` ({agent: {kind, **arguments}}).
+
+    Agents are ordered as a pipeline runs (augmentation, architecture, recipe), not by name.
+    """
+    order = {"augment": 0, "macro": 1, "cell": 1, "recipe": 2}
+    items = sorted(spaces_config.items(), key=lambda kv: order.get(kv[1].get("kind"), 3))
+    out = {}
+    for agent, spec in items:
+        spec = dict(spec)
+        kind = spec.pop("kind", None)
+        try:
+            out[agent] = spaces.make_space(kind, **spec)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"spaces.{agent}: {e}") from e
+    return spaces.PipelineSpace(out)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective | None = None,
+        progress: bool = True) -> SearchResult:
+    """Runs (or resumes) a search and returns the best pipeline found.
+
+    Args:
+      config: an experiment config (`configs/*.py`).
+      workdir: directory for the trial log and the saved config; created if needed.
+      objective: optional function from a list of decoded pipelines to rewards, used instead of
+        training proxy networks (no data is loaded then).
+      progress: show a tqdm progress bar.
+    """
+    config_lib.validate(config)
+    space = make_pipeline_space(config.spaces)
+    _prepare_workdir(workdir, config)
+    searcher = agents.make_searcher(config, space)
+    reward_fn = rewards.make_reward_fn(config.reward)
+    if objective is None:
+        from ma2ml_jax import evaluate as evaluate_lib
+
+        dataset = data.load(config.data.source, val_size=config.data.val_size,
+                            seed=config.seed, classes=config.data.classes,
+                            num_classes=config.data.num_classes,
+                            data_dir=config.data.data_dir or None,
+                            max_train=config.data.max_train)
+        tqdm.write(f"data: {dataset.summary()}")
+        evaluate = evaluate_lib.make_evaluator(config, dataset, space)
+    else:
+        evaluate = _objective_evaluator(objective)
+
+    root = jax.random.key(config.seed)
+    state = searcher.init(jax.random.fold_in(root, 0))
+    trials = _read_trials(os.path.join(workdir, TRIALS))
+    done = _complete_iterations(trials, config.search.pipelines)
+    for it in range(done):  # resume: replay the logged iterations through ask/tell
+        k_ask, _ = _iteration_keys(root, it)
+        actions, state = searcher.ask(state, k_ask)
+        logged = [t for t in trials if t["iteration"] == it]
+        _check_replay(actions, logged, it)
+        state, _ = searcher.tell(state, actions, jnp.asarray([t["reward"] for t in logged]))
+    trials = [t for t in trials if t["iteration"] < done]
+    if done:
+        tqdm.write(f"resuming {workdir}: {done} iterations ({len(trials)} pipelines) replayed")
+
+    log_path = os.path.join(workdir, TRIALS)
+    with open(log_path, "w") as f:  # rewrite without any partial iteration of a killed run
+        f.writelines(json.dumps(t) + "\n" for t in trials)
+    bar = tqdm(range(done, config.search.iterations), total=config.search.iterations,
+               initial=done, desc="search", unit="iter", disable=not progress, dynamic_ncols=True)
+    start, evaluated = time.perf_counter(), 0
+    for it in bar:
+        k_ask, k_eval = _iteration_keys(root, it)
+        actions, state = searcher.ask(state, k_ask)
+        tokens = {a: np.asarray(v) for a, v in actions.items()}
+        pipelines = [space.decode(tokens, p) for p in range(config.search.pipelines)]
+        metrics = evaluate(pipelines, k_eval)
+        reward = [float(m["reward"]) if "reward" in m else reward_fn(m) for m in metrics]
+        state, _ = searcher.tell(state, actions, jnp.asarray(reward, jnp.float32))
+        new = [_trial(it, p, pipelines[p], {a: v[p] for a, v in tokens.items()}, reward[p],
+                      metrics[p]) for p in range(len(pipelines))]
+        with open(log_path, "a") as f:
+            f.writelines(json.dumps(t) + "\n" for t in new)
+        trials.extend(new)
+        evaluated += len(new)
+        hours = (time.perf_counter() - start) / 3600
+        bar.set_postfix(best=f"{max(t['reward'] for t in trials):.4f}",
+                        pipelines_per_hour=f"{evaluated / max(hours, 1e-9):.0f}")
+    bar.close()
+    if not trials:
+        raise ConfigError("search.iterations is 0: nothing was evaluated")
+    best = max(trials, key=lambda t: t["reward"])
+    return SearchResult(best["pipeline"], best["reward"], trials, workdir, space)
+
+
+def summary(result: SearchResult) -> str:
+    """The best pipeline, decoded and readable, with its reward and metrics."""
+    t = max(result.trials, key=lambda t: t["reward"])
+    failed = sum(1 for x in result.trials if x["failure"])
+    lines = [f"Best pipeline of {len(result.trials)} evaluated ({failed} failed), iteration "
+             f"{t['iteration']}: reward {t['reward']:.4f} (val accuracy {t['accuracy']:.4f}, "
+             f"{t['flops'] / 1e6:.2f}M FLOPs, {t['params'] / 1e3:.1f}K params)",
+             result.space.format(t["pipeline"]),
+             f"Trial log: {os.path.join(result.workdir, TRIALS)}"]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _iteration_keys(root: jax.Array, iteration: int) -> tuple[jax.Array, jax.Array]:
+    """Per-iteration keys by fold_in, so a resumed run draws the same numbers (big_vision)."""
+    return tuple(jax.random.split(jax.random.fold_in(root, iteration + 1)))
+
+
+def _trial(it, index, pipeline, tokens, reward, m) -> dict[str, Any]:
+    return {"iteration": it, "index": index, "pipeline": pipeline,
+            "tokens": {a: [int(x) for x in v] for a, v in tokens.items()},
+            "reward": reward, "accuracy": float(m.get("accuracy", 0.0)),
+            "loss": _finite_or_none(m.get("loss")), "flops": float(m.get("flops", 0.0)),
+            "params": int(m.get("params", 0)), "wall_time": float(m.get("wall_time", 0.0)),
+            "failure": m.get("failure")}
+
+
+def _finite_or_none(x):
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _objective_evaluator(objective: Objective):
+    def evaluate(pipelines, key):
+        del key
+        start = time.perf_counter()
+        values = list(objective(pipelines))
+        if len(values) != len(pipelines):
+            raise UserError(f"the objective returned {len(values)} values for {len(pipelines)} "
+                            "pipelines")
+        wall = (time.perf_counter() - start) / max(1, len(pipelines))
+        out = []
+        for v in values:
+            m = dict(v) if isinstance(v, Mapping) else {"reward": float(v)}
+            if "reward" not in m and "accuracy" not in m:
+                raise UserError("an objective's metrics dict needs a 'reward' or 'accuracy' key")
+            out.append({"wall_time": wall, **m})
+        return out
+
+    return evaluate
+
+
+def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from e
+    path = os.path.join(workdir, CONFIG)
+    current = json.loads(config.to_json_best_effort())
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        ignore = {("search", "iterations")}
+        diff = sorted(_diff(saved, current, ignore))
+        if diff:
+            raise ConfigError(f"workdir {workdir!r} holds a search with another config (differs "
+                              f"at {', '.join(diff[:5])}); use a new --workdir")
+    with open(path, "w") as f:
+        json.dump(current, f, indent=2)
+
+
+def _diff(a, b, ignore, prefix=()):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in set(a) | set(b):
+            if prefix + (k,) in ignore:
+                continue
+            if k not in a or k not in b:
+                yield ".".join(prefix + (k,))
+            else:
+                yield from _diff(a[k], b[k], ignore, prefix + (k,))
+    elif a != b:
+        yield ".".join(prefix)
+
+
+def _read_trials(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    trials = []
+    with open(path) as f:
+        for line in f:
+            try:
+                trials.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by a kill: everything after it is incomplete
+    return trials
+
+
+def _complete_iterations(trials: list[dict[str, Any]], per_iteration: int) -> int:
+    it = 0
+    while sum(1 for t in trials if t["iteration"] == it) == per_iteration:
+        it += 1
+    return it
+
+
+def _check_replay(actions, logged, it) -> None:
+    for t in logged:
+        for a, v in actions.items():
+            if [int(x) for x in np.asarray(v)[t["index"]]] != t["tokens"][a]:
+                raise UserError(f"cannot resume: iteration {it} of the trial log does not match "
+                                "the searcher's replay (was the code or seed changed?)")

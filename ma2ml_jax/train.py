@@ -1,0 +1,149 @@
+r"""Run an MA2ML search: parse flags, load the config, call `search.run(config, workdir)`.
+
+  python -m ma2ml_jax.train                                    # small search on bundled digits
+  python -m ma2ml_jax.train --config=configs/cifar10.py:local --workdir=runs/c10
+  python -m ma2ml_jax.train --config.search.iterations=10 --config.seed=1
+
+Any config key can be overridden with --config.KEY=VALUE (see configs/*.py and
+ma2ml_jax/config.py for every key). Rerunning with the same --workdir resumes the search.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from ma2ml_jax.errors import EXIT_USER_ERROR, UserError
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "configs", "default.py")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG,
+    "Experiment config file, optionally with an argument: path/to/config.py[:local]. Override "
+    "any of its keys with --config.KEY=VALUE, e.g. --config.search.iterations=10.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None,
+    "Directory for the trial log (trials.jsonl) and the saved config. Default: a fresh "
+    "timestamped directory under runs/. Rerunning with an existing workdir resumes its search.")
+_TRACEBACK = flags.DEFINE_bool(
+    "traceback", False,
+    "Show the full traceback for bad input (config, data, files) instead of one line.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar over search iterations.")
+
+
+def default_workdir() -> str:
+    return os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _want_traceback(argv) -> bool:
+    return os.environ.get("MA2ML_TRACEBACK") == "1" or any(
+        a in ("--traceback", "--traceback=true", "--traceback=True") for a in argv)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """Absl flag parsing with bad config overrides reported on one line (exit code 2)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        if _want_traceback(argv):
+            raise
+        _fail(_flag_message(e))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        # ml_collections raises these for an unknown key or a value of the wrong type.
+        if _want_traceback(argv):
+            raise
+        _fail(_config_key_message(argv, e))
+    return []
+
+
+def _flag_message(e: Exception) -> str:
+    text = str(e).splitlines()[0]
+    m = re.match(r"flag --(config\.[\w.]+)=(.*?): (.*)", text)
+    if m:
+        return f"--{m.group(1)}={m.group(2)}: wrong type ({m.group(3)})"
+    return text
+
+
+def _config_key_message(argv: list[str], e: Exception) -> str:
+    """Names the first override whose key does not exist, with the valid keys at that level."""
+    try:
+        config = _load_config_for_message(argv)
+    except Exception:  # the config file itself is broken: say that
+        return f"cannot load the config: {type(e).__name__}: {e}"
+    for arg in argv[1:]:
+        m = re.match(r"--config\.([\w.]+)(=|$)", arg)
+        if not m:
+            continue
+        node, parts = config, m.group(1).split(".")
+        for i, part in enumerate(parts):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in keys:
+                where = "config" + "".join(f".{p}" for p in parts[:i])
+                return (f"unknown config key --config.{m.group(1)}: {where} has no key {part!r}; "
+                        f"valid keys: {', '.join(sorted(keys))}")
+            node = node[part]
+    return f"bad config override: {str(e).splitlines()[0]}"
+
+
+def _load_config_for_message(argv):
+    spec = _DEFAULT_CONFIG
+    for arg in argv[1:]:
+        if arg.startswith("--config="):
+            spec = arg[len("--config="):]
+    path, _, arg = spec.partition(":")
+    import importlib.util
+
+    module_spec = importlib.util.spec_from_file_location("_config_for_message", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}; flags take the form --name=value (see --help)")
+    try:
+        config = _CONFIG.value
+    except Exception as e:  # missing or broken config file
+        if _TRACEBACK.value:
+            raise
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        _fail(f"cannot load --config: {type(e).__name__}: {first_line}")
+    workdir = _WORKDIR.value or default_workdir()
+    import logging
+
+    import jax
+
+    # absl shows INFO logs; JAX's "no TPU/GPU backend found" lines are noise for a CPU user.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    # Compiled programs are reused across runs (fixed shapes, recipes as arrays).
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.expanduser(os.environ.get("MA2ML_JAX_CACHE", "~/.cache/ma2ml_jax")))
+    from ma2ml_jax import search
+
+    try:
+        result = search.run(config, workdir, progress=_PROGRESS.value)
+    except UserError as e:
+        if _TRACEBACK.value:
+            raise
+        _fail(str(e))
+    print(search.summary(result))
+
+
+def cli() -> None:
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,126 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ma2ml_jax import config as config_lib
+from ma2ml_jax import search
+from ma2ml_jax.errors import ConfigError, UserError
+
+
+def _config(iterations=3, pipelines=4, seed=0):
+    c = config_lib.base_config()
+    c.search.iterations = iterations
+    c.search.pipelines = pipelines
+    c.seed = seed
+    return c
+
+
+def _objective_for(config):
+    space = search.make_pipeline_space(config.spaces)
+
+    def objective(pipelines):
+        # A known deterministic reward: the fraction of decisions at their first choice.
+        out = []
+        for p in pipelines:
+            tokens = np.concatenate([space[a].encode(p[a]) for a in space.agents])
+            out.append(float(np.mean(tokens == 0)))
+        return out
+
+    return objective
+
+
+def _read(workdir):
+    with open(os.path.join(workdir, search.TRIALS)) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_run_with_objective_logs_every_pipeline(tmp_path):
+    c = _config()
+    result = search.run(c, str(tmp_path), objective=_objective_for(c), progress=False)
+    trials = _read(tmp_path)
+    assert len(trials) == 12 == len(result.trials)
+    assert [t["iteration"] for t in trials] == [i for i in range(3) for _ in range(4)]
+    for key in ("iteration", "index", "pipeline", "tokens", "reward", "accuracy", "flops",
+                "params", "wall_time", "failure"):
+        assert key in trials[0]
+    # The best is the max of the logged rewards and its tokens decode to its pipeline.
+    best = max(trials, key=lambda t: t["reward"])
+    assert result.best_reward == best["reward"]
+    assert result.space.decode(best["tokens"]) == best["pipeline"] == result.best_pipeline
+    # Rewards match the objective recomputed from the logged pipeline.
+    assert best["reward"] == _objective_for(c)([best["pipeline"]])[0]
+    assert "Best pipeline of 12 evaluated" in search.summary(result)
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    c5 = _config(iterations=5)
+    full = search.run(c5, str(tmp_path / "full"), objective=_objective_for(c5), progress=False)
+    c3 = _config(iterations=3)
+    search.run(c3, str(tmp_path / "resumed"), objective=_objective_for(c3), progress=False)
+    # Simulate a kill in the middle of iteration 3: a partial iteration and a torn last line.
+    with open(tmp_path / "resumed" / search.TRIALS, "a") as f:
+        f.write(json.dumps({**full.trials[12], "iteration": 3}) + "\n")
+        f.write('{"iteration": 3, "ind')
+    calls = []
+    objective = _objective_for(c5)
+
+    def counting(pipelines):
+        calls.append(len(pipelines))
+        return objective(pipelines)
+
+    resumed = search.run(c5, str(tmp_path / "resumed"), objective=counting, progress=False)
+    assert calls == [4, 4]  # only iterations 3 and 4 were evaluated again
+    strip = lambda ts: [{k: v for k, v in t.items() if k != "wall_time"} for t in ts]  # noqa: E731
+    assert strip(_read(tmp_path / "resumed")) == strip(_read(tmp_path / "full"))
+    assert resumed.best_reward == full.best_reward
+
+
+def test_resume_refuses_another_config(tmp_path):
+    c = _config(iterations=1)
+    search.run(c, str(tmp_path), objective=_objective_for(c), progress=False)
+    c2 = _config(iterations=1, seed=7)
+    with pytest.raises(ConfigError, match="differs at seed"):
+        search.run(c2, str(tmp_path), objective=_objective_for(c2), progress=False)
+
+
+def test_different_seeds_sample_different_pipelines(tmp_path):
+    a, b = _config(iterations=1, seed=0), _config(iterations=1, seed=1)
+    ra = search.run(a, str(tmp_path / "a"), objective=_objective_for(a), progress=False)
+    rb = search.run(b, str(tmp_path / "b"), objective=_objective_for(b), progress=False)
+    assert [t["tokens"] for t in ra.trials] != [t["tokens"] for t in rb.trials]
+
+
+def test_objective_with_wrong_length_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="returned 1 values for 4 pipelines"):
+        search.run(_config(iterations=1), str(tmp_path), objective=lambda ps: [0.0],
+                   progress=False)
+
+
+def test_unwritable_workdir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="not writable"):
+        search.run(_config(iterations=1), str(blocker / "sub"), objective=lambda ps: [0.0] * 4,
+                   progress=False)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("search.algorithm", "bayes", "search.algorithm='bayes' is not one of 'random'"),
+    ("search.pipelines", 0, "search.pipelines=0 must be >= 1"),
+])
+def test_bad_config_values(tmp_path, key, value, message):
+    c = _config()
+    section, name = key.split(".")
+    c[section][name] = value
+    with pytest.raises(ConfigError) as e:
+        search.run(c, str(tmp_path), objective=lambda ps: [0.0] * len(ps), progress=False)
+    assert message in str(e.value)
+
+
+def test_bad_space_kind_names_choices(tmp_path):
+    c = _config()
+    c.spaces.nas.kind = "resnet"
+    with pytest.raises(ConfigError, match="spaces.nas.kind='resnet' is not one of"):
+        search.run(c, str(tmp_path), objective=lambda ps: [0.0] * len(ps), progress=False)
