@@ -59,7 +59,8 @@ class Hyperparams(NamedTuple):
             wd = np.float32(max(hp["weight_decay_schedule"]))
             wd_phases = _phases(hp["weight_decay_schedule"], wd)
         return cls(np.int32(hp.get("optimizer", 0)), lr, wd, get("mixup"), get("dropout"),
-                   get("stochastic_depth"), get("ema"), np.float32(float(hp.get("warmup_epochs", 0.0)) * steps_per_epoch),
+                   get("stochastic_depth"), get("ema"),
+                   np.float32(float(hp.get("warmup_epochs", 0.0)) * steps_per_epoch),
                    get("label_smoothing"), lr_phases, wd_phases, cosine)
 
 
