@@ -1,14 +1,17 @@
 """Cost of on-device augmentation against one training step of a small CNN.
 
-    python -m ma2ml_jax.bench.augment [--batch_size 256] [--num_subpolicies 25] [--repeats 20]
+    python -m ma2ml_jax.bench.augment [--network cell|smallcnn] [--batch_size 256]
+        [--num_subpolicies 25] [--repeats 20]
 
 Times `augment.apply_policy` on a batch of CIFAR-size uint8 images with a random policy, one SGD
 training step (forward, backward, update) of a proxy CNN on the same batch, and the step with the
 augmentation inside it, as the proxy trainer runs it: each jitted, after warm-up, the three timed
-in turn for `repeats` rounds; median and minimum reported. `run` takes the network as an argument,
-so the real proxy networks can replace the stand-in `SmallCNN`. The goal is augmentation under
-10% of a step. Real CIFAR-10 images are used when ../shared/data/cifar10_jpeg.npz exists (only the
-first batch is decoded), random ones otherwise: the cost hardly depends on the content.
+in turn for `repeats` rounds; median and minimum reported. `run` takes the network as an argument:
+`--network cell` (default) is the paper's CIFAR proxy, a NASNet-cell network (a fixed random
+architecture) at the size of `configs/cifar10.py:local`; `smallcnn` is a plain 3-stage CNN.
+The goal is augmentation under 10% of a step. Real CIFAR-10 images are used when
+../shared/data/cifar10_jpeg.npz exists (only the first batch is decoded), random ones otherwise:
+the cost hardly depends on the content.
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ def make_train_step(model: nn.Module, learning_rate: float = 0.1
 
         def loss_fn(params):
             logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                          x, train=True, mutable=["batch_stats"])
+                                          x, train=True, mutable=["batch_stats"],
+                                          rngs={"dropout": jax.random.key(0)})
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
             return loss, updates["batch_stats"]
 
@@ -198,22 +202,40 @@ def run(model: nn.Module, *, batch_size: int = 256, num_subpolicies: int = 25,
             "ratio": seconds["augment_s"][0] / seconds["step_s"][0], "source": source}
 
 
+def proxy_network(kind: str) -> tuple[nn.Module, str]:
+    """The network to time a training step of, and its description."""
+    if kind == "smallcnn":
+        return SmallCNN(), "SmallCNN 32/64/128"
+    from configs.cifar10 import get_config
+    from ma2ml_jax.models.cell_net import CellArch, CellNet
+    from ma2ml_jax.spaces import cell_space
+
+    model = get_config("local").model
+    space = cell_space()
+    arch = space.decode(space.sample(jax.random.key(0), 1)[0])
+    net = CellNet(CellArch.from_config(arch), NUM_CLASSES, cells=model.cells,
+                  reduction_cells=tuple(model.reduction_cells), channels=model.cell_channels)
+    return net, (f"NASNet cells x{model.cells}, C={model.cell_channels}, cifar10.py:local")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--network", choices=("cell", "smallcnn"), default="cell")
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--num_subpolicies", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--data", default=DEFAULT_DATA, help="path of cifar10_jpeg.npz")
     args = parser.parse_args(argv)
     print(f"devices: {jax.devices()}")
-    result = run(SmallCNN(), batch_size=args.batch_size, num_subpolicies=args.num_subpolicies,
+    model, network_name = proxy_network(args.network)
+    result = run(model, batch_size=args.batch_size, num_subpolicies=args.num_subpolicies,
                  repeats=args.repeats, data=args.data)
     ms = {k: 1e3 * v for k, v in result.items() if k.endswith("_s")}
     print(f"data: {result['source']}; batch {args.batch_size} x 32x32x3 uint8, "
           f"{args.num_subpolicies} sub-policies; median (min) of {args.repeats} runs")
     for label, name in [("augment (apply_policy, jitted): ", "augment"),
-                        ("train step (SmallCNN 32/64/128):", "step"),
+                        (f"train step ({network_name}):".ljust(32), "step"),
                         ("train step with augmentation:   ", "augmented_step")]:
         print(f"{label} {ms[name + '_s']:8.2f} ms ({ms[name + '_min_s']:.2f})")
     print(f"augment / step: {100 * result['ratio']:.1f}% (goal: under 10%)")
