@@ -43,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.search = ml_collections.ConfigDict()
     c.search.algorithm = "random"
-    c.search.iterations = 4  # search iterations (batches of pipelines)
+    c.search.iterations = 5  # search iterations (batches of pipelines)
     c.search.pipelines = 8  # P: pipelines sampled and evaluated per iteration
 
     # Proxy-network training that produces each pipeline's reward.
