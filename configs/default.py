@@ -13,7 +13,8 @@ def get_config(arg=None):
     if arg == "local":
         c.search.iterations = 2
         c.search.pipelines = 4
-        c.evaluate.epochs = 1
+        c.evaluate.epochs = 3
+        c.evaluate.batch_size = 32
         c.data.max_train = 512
     elif arg:
         raise ValueError(f"configs/default.py takes no argument or 'local', got {arg!r}")

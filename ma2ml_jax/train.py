@@ -15,6 +15,7 @@ import os
 import re
 import sys
 
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -22,11 +23,10 @@ from ma2ml_jax.errors import EXIT_USER_ERROR, UserError
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "default.py")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG,
-    "Experiment config file, optionally with an argument: path/to/config.py[:local]. Override "
-    "any of its keys with --config.KEY=VALUE, e.g. --config.search.iterations=10.",
-    lock_config=True)
+_CONFIG_HELP = ("Experiment config file, optionally with an argument: path/to/config.py[:local]. "
+                "Override any of its keys with --config.KEY=VALUE, e.g. "
+                "--config.search.iterations=10.")
+_CONFIG = None  # the config flag, defined by `cli` (ml_collections reads sys.argv as it defines it)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None,
     "Directory for the trial log (trials.jsonl) and the saved config. Default: a fresh "
@@ -55,10 +55,18 @@ def parse_flags(argv: list[str]) -> list[str]:
     """Absl flag parsing with bad config overrides reported on one line (exit code 2)."""
     try:
         return flags.FLAGS(argv)
+    except SystemExit as e:  # absl exits with 1 after printing --help: asking for help is success
+        if e.code == 1 and any(a in ("--help", "-h", "--helpshort", "--helpfull") for a in argv):
+            sys.exit(0)
+        raise
     except flags.Error as e:
         if _want_traceback(argv):
             raise
         _fail(_flag_message(e))
+    except OSError as e:  # the config file is missing or unreadable
+        if _want_traceback(argv):
+            raise
+        _fail(_config_file_message(argv, e))
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         # ml_collections raises these for an unknown key or a value of the wrong type.
         if _want_traceback(argv):
@@ -113,13 +121,15 @@ def _load_config_for_message(argv):
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; flags take the form --name=value (see --help)")
-    try:
-        config = _CONFIG.value
-    except Exception as e:  # missing or broken config file
-        if _TRACEBACK.value:
-            raise
-        first_line = str(e).splitlines()[0] if str(e) else ""
-        _fail(f"cannot load --config: {type(e).__name__}: {first_line}")
+    config = _CONFIG.value
+    if not isinstance(config, ml_collections.ConfigDict):
+        # ml_collections hands back a placeholder that raises on first use when loading failed.
+        try:
+            config.to_dict()
+        except Exception as e:
+            if _TRACEBACK.value:
+                raise
+            _fail(_config_file_message(sys.argv, e))
     workdir = _WORKDIR.value or default_workdir()
     import logging
 
@@ -141,7 +151,37 @@ def main(argv: list[str]) -> None:
     print(search.summary(result))
 
 
+def define_config_flag(argv: list[str]) -> None:
+    """Defines --config; an unknown --config.KEY in argv is reported on one line (exit 2)."""
+    global _CONFIG
+    if _CONFIG is not None:
+        return
+    try:
+        _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, _CONFIG_HELP,
+                                                  lock_config=True)
+    except OSError as e:
+        if _want_traceback(argv):
+            raise
+        _fail(_config_file_message(argv, e))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        if _want_traceback(argv):
+            raise
+        _fail(_config_key_message(argv, e))
+
+
+def _config_file_message(argv: list[str], e: Exception) -> str:
+    spec = next((a[len("--config="):] for a in argv[1:] if a.startswith("--config=")),
+                _DEFAULT_CONFIG)
+    path = spec.partition(":")[0]
+    if not os.path.isfile(path):
+        known = sorted(f for f in os.listdir(os.path.dirname(_DEFAULT_CONFIG))
+                       if f.endswith(".py") and not f.startswith("_"))
+        return f"cannot load --config={spec}: no such file {path!r} (configs/: {', '.join(known)})"
+    return f"cannot load --config={spec}: {str(e).splitlines()[0]}"
+
+
 def cli() -> None:
+    define_config_flag(sys.argv)
     app.run(main, flags_parser=parse_flags)
 
 

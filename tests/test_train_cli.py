@@ -44,7 +44,7 @@ def test_traceback_on_request(tmp_path):
 def test_help_documents_the_flags():
     r = _train("--help")
     assert r.returncode == 0
-    for flag in ("--config", "--workdir", "--traceback", "--progress"):
+    for flag in ("--config:", "--workdir:", "--[no]traceback:", "--[no]progress:"):
         assert flag in r.stdout
     assert "--config.KEY=VALUE" in r.stdout
 
