@@ -17,6 +17,7 @@ from ma2ml_jax.errors import ConfigError, choices
 ALGORITHMS = ("random",)
 REWARDS = ("accuracy", "mnas", "linear")
 NETWORKS = ("masked", "exact")
+STRATEGIES = ("loop", "unrolled", "vmap")
 SPACE_KINDS = ("augment", "macro", "cell", "recipe")
 AGENTS = ("aug", "nas", "hpo")
 
@@ -55,6 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
     # masked: one max-size network for every architecture, one compiled program per resolution;
     # exact: an exactly-shaped network compiled per architecture (the reference).
     c.evaluate.network = "masked"
+    # How the pipelines of an iteration are trained (masked networks): loop (one at a time),
+    # unrolled (the local pipelines traced into one program), vmap; sharded over devices.
+    c.evaluate.strategy = "loop"
 
     # Network settings that are not searched.
     c.model = ml_collections.ConfigDict()
@@ -92,6 +96,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.evaluate.network not in NETWORKS:
         raise ConfigError(f"evaluate.network={config.evaluate.network!r} is not one of "
                           f"{choices(NETWORKS)}")
+    if config.evaluate.strategy not in STRATEGIES:
+        raise ConfigError(f"evaluate.strategy={config.evaluate.strategy!r} is not one of "
+                          f"{choices(STRATEGIES)}")
     if config.data.val_size < 1:
         raise ConfigError(f"data.val_size={config.data.val_size} must be >= 1")
     if config.reward.kind == "mnas" and not config.reward.flops_target > 0:
