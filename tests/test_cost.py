@@ -114,3 +114,14 @@ def test_cell_op_costs_by_hand():
     assert c.flops == 2 * (16 * 9 * 4 + 16 * 4 * 4)
     assert c.params == 2 * (9 * 4 + 4 * 4 + 2 * 4)
     assert cost._cell_op_cost("max_pool_5x5", 8, 8, 4, 2) == (cost.ZERO, 4, 4)
+
+
+def test_cell_net_taps_equals_grouped_conv():
+    # The CPU implementation of the separable convolutions: same parameters, same output.
+    arch = cell_space().decode(cell_space().sample(jax.random.key(5), 1)[0])
+    nets = [CellNet(CellArch.from_config(arch), 10, **CELL_NET, depthwise_impl=impl)
+            for impl in ("conv", "taps")]
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    v = nets[0].init(jax.random.key(1), x, False)
+    assert jax.tree.structure(v) == jax.tree.structure(nets[1].init(jax.random.key(1), x, False))
+    np.testing.assert_allclose(nets[1].apply(v, x, False), nets[0].apply(v, x, False), atol=1e-4)

@@ -214,7 +214,8 @@ def proxy_network(kind: str) -> tuple[nn.Module, str]:
     space = cell_space()
     arch = space.decode(space.sample(jax.random.key(0), 1)[0])
     net = CellNet(CellArch.from_config(arch), NUM_CLASSES, cells=model.cells,
-                  reduction_cells=tuple(model.reduction_cells), channels=model.cell_channels)
+                  reduction_cells=tuple(model.reduction_cells), channels=model.cell_channels,
+                  depthwise_impl="taps" if jax.default_backend() == "cpu" else "conv")
     return net, (f"NASNet cells x{model.cells}, C={model.cell_channels}, cifar10.py:local")
 
 

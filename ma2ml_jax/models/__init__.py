@@ -17,12 +17,15 @@ def make_network(kind: str, arch: Mapping[str, Any], num_classes: int, model_con
     if kind == "macro":
         return MacroNet(MacroArch.from_config(arch), num_classes)
     if kind == "cell":
+        import jax
+
         from ma2ml_jax.models import cell_net
 
         return cell_net.CellNet(cell_net.CellArch.from_config(arch), num_classes,
                                 cells=model_config.cells,
                                 reduction_cells=tuple(model_config.reduction_cells),
-                                channels=model_config.cell_channels)
+                                channels=model_config.cell_channels,
+                                depthwise_impl="taps" if jax.default_backend() == "cpu" else "conv")
     raise ValueError(f"no network for space kind {kind!r}; valid: 'macro', 'cell'")
 
 

@@ -86,18 +86,26 @@ class FactorizedReduce(nn.Module):
 
 
 class SepConv(nn.Module):
-    """(ReLU, depthwise kxk, pointwise 1x1, BN) twice; the first has the stride (DARTS)."""
+    """(ReLU, depthwise kxk, pointwise 1x1, BN) twice; the first has the stride (DARTS).
+
+    `depthwise_impl` "taps" computes the depthwise convolutions as shifted multiply-adds (same
+    result and parameters; XLA's grouped convolution is a slow path on CPU, see
+    `macro_masked.depthwise_taps`).
+    """
 
     features: int
     kernel: int
     stride: int
+    depthwise_impl: str = "conv"
 
     @nn.compact
     def __call__(self, x, train):
+        from ma2ml_jax.models.macro_masked import MaskedDepthwise
+
         for i, stride in enumerate((self.stride, 1)):
             c = x.shape[-1]
-            x = nn.Conv(c, (self.kernel, self.kernel), strides=stride, feature_group_count=c,
-                        use_bias=False, name=f"depthwise{i}")(nn.relu(x))
+            x = MaskedDepthwise(c, self.kernel, stride, self.depthwise_impl,
+                                name=f"depthwise{i}")(nn.relu(x), self.kernel)
             x = _bn(train, f"bn{i}")(nn.Conv(self.features, (1, 1), use_bias=False,
                                              name=f"pointwise{i}")(x))
         return x
@@ -109,6 +117,7 @@ class CellOp(nn.Module):
     op: str
     features: int
     stride: int
+    depthwise_impl: str = "conv"
 
     @nn.compact
     def __call__(self, x, train):
@@ -131,7 +140,7 @@ class CellOp(nn.Module):
             k = int(op[-1])
             return ReLUConvBN(c, (k, k), (s, s))(x, train)
         if op.startswith("sep_conv_"):
-            return SepConv(c, int(op[-1]), s)(x, train)
+            return SepConv(c, int(op[-1]), s, self.depthwise_impl)(x, train)
         raise ValueError(f"unknown cell op {op!r}")
 
 
@@ -140,6 +149,7 @@ class Cell(nn.Module):
     features: int
     reduction: bool
     reduce_prev: bool  # h_{k-2} has twice the spatial size of h_{k-1}
+    depthwise_impl: str = "conv"
 
     @nn.compact
     def __call__(self, s0, s1, train, drop_path_rate=0.0):
@@ -153,7 +163,8 @@ class Cell(nn.Module):
             for j in range(2):
                 i, op = block.inputs[j], block.ops[j]
                 stride = 2 if self.reduction and i < NUM_CELL_INPUTS else 1
-                h = CellOp(op, c, stride, name=f"block{b}_op{j}")(states[i], train)
+                h = CellOp(op, c, stride, self.depthwise_impl, name=f"block{b}_op{j}")(
+                    states[i], train)
                 if train and op != "identity":
                     h = drop_path(h, drop_path_rate, self.make_rng("dropout"))
                 outs.append(h)
@@ -180,6 +191,7 @@ class CellNet(nn.Module):
     reduction_cells: tuple[int, ...] = (5, 11)
     channels: int = 16
     stem_multiplier: int = 3
+    depthwise_impl: str = "conv"  # "taps" on CPU (see SepConv)
 
     @nn.compact
     def __call__(self, x, train: bool = False, dropout=0.0, drop_path_rate=0.0):
@@ -194,7 +206,7 @@ class CellNet(nn.Module):
             # Stochastic depth grows linearly with depth, as in the macro network.
             rate = drop_path_rate * (k - 1) / max(1, self.cells - 1)
             cell = Cell(self.arch.reduction if reduction else self.arch.normal, c, reduction,
-                        reduce_prev, name=f"cell{k}")
+                        reduce_prev, self.depthwise_impl, name=f"cell{k}")
             s0, s1 = s1, cell(s0, s1, train, rate)
             reduce_prev = reduction
         x = s1.mean(axis=(1, 2))
