@@ -5,34 +5,43 @@ own XLA program. `MaskedCellNet` takes it as an input array (`CellArrays`) inste
 of Single-Path NAS / FBNetV2 (DESIGN.md, "Throughput"): the parameters are those of the max-size
 network, and the architecture only selects which of them run.
 
-* Op choice: every op slot (cell k, block b, input j) holds one `CellOp` per (op, stride) variant
-  it can take and runs them under `nn.switch` (a lifted `jax.lax.switch`) on the op index. Without
-  vmap, XLA's conditional executes only the chosen branch, so the cost is that of the chosen op
-  (under vmap with a batched index the switch turns into a select over all branches).
+* Op choice: every op slot (cell k, block b, input j) holds the variables of one `CellOp` per
+  (op, stride) variant it can take and runs them under a `jax.lax.switch` on the op index
+  (`switch_variants`). Without vmap, XLA's conditional executes only the chosen branch, so the
+  run-time cost is that of the chosen op. Under vmap with a batched index the switch becomes a
+  select over all branches, so pipelines should be traced one after another ("unrolled"), not
+  vmapped (DESIGN.md).
 * Input choice: the states a block may read are stacked and dynamically indexed. In a reduction
   cell the two cell inputs are at twice the spatial size of the block outputs and take stride-2
   ops, so a slot of block b >= 1 gets both candidates (the cell input and the block output picked
   by the index) and its switch runs over 2 x 13 branches: stride-2 variants on the former,
   stride-1 variants on the latter.
-* Combine: `nn.switch` between addition and concatenation + ReLU-conv1x1-BN.
+* Combine: a switch between addition and concatenation + ReLU-conv1x1-BN.
 * Cell output: NASNet concatenates the blocks no block reads, c x n_unused channels. Here the
   output is always num_blocks x c wide, block j at channel slice j, with the slices of read blocks
   zeroed, so the next cell's preprocessing 1x1 convolutions and the classifier have a fixed input
   width; only the kernel rows of unused slices matter (the others get exactly zero gradient).
 
-`embed_variables` places an exactly-shaped `CellNet`'s variables into the masked network's, so
-that the two compute the same function (tests/test_cell_masked.py checks this).
+`embed_variables` places an exactly-shaped `CellNet`'s variables into the masked network's (and
+`extract_variables` takes them back out), so that the two compute the same function
+(tests/test_cell_masked.py checks outputs, batch statistics and gradients); `active_mask` marks the
+entries an architecture uses.
+
+Compile time: the program holds every variant of every slot, about 15 ops per slot where the exact
+network has one, so it compiles several times slower than one exact network (CPU, 4 cells of 5
+blocks: forward ~4x, training gradient ~18x). It is paid once per shape, not per architecture.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import chex
 import flax.linen as nn
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
@@ -145,23 +154,115 @@ def variant_name(op: str, stride: int) -> str:
     return f"{op}_s{stride}"
 
 
-def _apply_variant(mdl, *xs, name: str, operand: int, train: bool):
-    return getattr(mdl, name)(xs[operand], train)
+class Variant(NamedTuple):
+    """One branch of a `switch_variants`.
 
-
-def _init_all(branches, index, mdl, *operands):
-    """Init: runs every branch (creating all variables) and selects the chosen one's output.
-
-    A switch needs one variable structure in every branch, so every variant's variables must
-    exist before it runs; selecting among the already-computed outputs instead of also tracing
-    the switch keeps init's program small (a jitted init with both took minutes to compile).
+    Attributes:
+      name: name of the branch's variables in the switching module ("" for none).
+      module: unbound flax module holding the branch's variables, or None.
+      fn: ``fn(run, *operands) -> y``; ``run(x)`` applies `module` with its variables to x.
     """
-    outs = [fn(mdl, *operands) for fn in branches]
-    return jax.lax.dynamic_index_in_dim(jnp.stack(outs), index, keepdims=False)
+
+    name: str
+    module: nn.Module | None
+    fn: Callable[..., jax.Array]
+
+
+def switch_variants(mdl: nn.Module, index: jax.Array, variants: Sequence[Variant],
+                    operands: Sequence[jax.Array], train: bool) -> jax.Array:
+    """`jax.lax.switch` over modules, each with its own params and batch statistics.
+
+    Each variant's variables live under ``mdl``'s ``params/<name>`` and ``batch_stats/<name>``.
+    flax's `nn.switch` hands every branch every variable of the module as a separate operand: the
+    transpose of the switch then gives every branch a zero cotangent for each of the other
+    variants' parameters, and in train mode every branch returns every variant's statistics, a
+    program quadratic in the number of variants. Here each collection is packed into one flat
+    vector that every branch takes and slices its own segment from, so a branch adds O(1)
+    operands (on CPU this cut a 4-cell network's gradient compile from 414 s to 283 s). Packing
+    copies the slot's parameters once per call, cheap next to the convolutions.
+
+    Args:
+      mdl: the module that owns the variables (call from its compact method).
+      index: int32 scalar, the branch to run (clamped to range, as `lax.switch` does).
+      variants: the branches; names of variants with variables must be distinct.
+      operands: arrays passed to every branch's `fn`.
+      train: BatchNorm uses batch statistics and updates the chosen variant's running ones.
+
+    Returns:
+      The chosen branch's output.
+    """
+    if mdl.is_initializing():
+        # Run every branch to create its variables, then select: the init program stays free
+        # of the switch (a jitted init with both took minutes to compile).
+        outs = []
+        for v in variants:
+            def run(x, v=v):
+                y, variables = v.module.init_with_output(mdl.make_rng("params"), x, False)
+                if "params" in variables:
+                    mdl.param(v.name, lambda _, p=variables["params"]: p)
+                if "batch_stats" in variables:
+                    mdl.variable("batch_stats", v.name, lambda s=variables["batch_stats"]: s)
+                return y
+            outs.append(v.fn(run, *operands))
+        return jax.lax.dynamic_index_in_dim(jnp.stack(outs), index, keepdims=False)
+
+    def pack(collection):
+        trees = {v.name: mdl.get_variable(collection, v.name) for v in variants
+                 if v.module is not None and mdl.has_variable(collection, v.name)}
+        flats = {n: jax.flatten_util.ravel_pytree(t) for n, t in trees.items()}
+        sizes = [flats[n][0].size for n in trees]
+        starts = dict(zip(trees, np.cumsum([0] + sizes[:-1]).tolist()))
+        segments = {n: (starts[n], flats[n][0].size, flats[n][1]) for n in trees}
+        vector = (jnp.concatenate([flats[n][0] for n in trees]) if trees
+                  else jnp.zeros((0,), jnp.float32))
+        return vector, segments
+
+    params, param_segments = pack("params")
+    stats, stat_segments = pack("batch_stats")
+    mutable = train and mdl.is_mutable_collection("batch_stats")
+
+    def unpack(vector, segments, name):
+        start, size, unravel = segments[name]
+        return unravel(jax.lax.slice_in_dim(vector, start, start + size))
+
+    def branch(v, params, stats, *ops):
+        new_stats = stats
+
+        def run(x):
+            nonlocal new_stats
+            variables = {}
+            if v.name in param_segments:
+                variables["params"] = unpack(params, param_segments, v.name)
+            if v.name in stat_segments:
+                variables["batch_stats"] = unpack(stats, stat_segments, v.name)
+            if not mutable:
+                return v.module.apply(variables, x, train)
+            y, updated = v.module.apply(variables, x, train, mutable=["batch_stats"])
+            if v.name in stat_segments:
+                start = stat_segments[v.name][0]
+                flat = jax.flatten_util.ravel_pytree(updated["batch_stats"])[0]
+                new_stats = jax.lax.dynamic_update_slice_in_dim(new_stats, flat, start, 0)
+            return y
+
+        return v.fn(run, *ops), new_stats
+
+    branches = [functools.partial(branch, v) for v in variants]
+    y, stats = jax.lax.switch(index, branches, params, stats, *operands)
+    if mutable:
+        for name in stat_segments:
+            mdl.put_variable("batch_stats", name, unpack(stats, stat_segments, name))
+    return y
+
+
+def _on_operand(run, *xs, operand: int):
+    return run(xs[operand])
 
 
 class MaskedOpSlot(nn.Module):
     """One op slot of a block: every (op, stride) variant it can take, run by a switch.
+
+    Variables: ``{params, batch_stats}/<op>_s<stride>/...``, each the variables of
+    ``CellOp(op, features, stride)`` (parameter-free variants have none).
 
     Attributes:
       features: channels c of the cell.
@@ -172,12 +273,7 @@ class MaskedOpSlot(nn.Module):
     features: int
     strides: tuple[int, ...]
 
-    def setup(self):
-        # Attribute names are the variant names, so the parameter tree reads like the ops.
-        for s in self.strides:
-            for op in CELL_OPS:
-                setattr(self, variant_name(op, s), CellOp(op, self.features, s))
-
+    @nn.compact
     def __call__(self, xs: tuple[jax.Array, ...], branch: jax.Array, train: bool) -> jax.Array:
         """Applies the chosen variant.
 
@@ -189,36 +285,31 @@ class MaskedOpSlot(nn.Module):
         Returns:
           float[B, H, W, c].
         """
-        branches = [functools.partial(_apply_variant, name=variant_name(op, s), operand=p,
-                                      train=train)
+        variants = [Variant(variant_name(op, s), CellOp(op, self.features, s, parent=None),
+                            functools.partial(_on_operand, operand=p))
                     for p, s in enumerate(self.strides) for op in CELL_OPS]
-        if self.is_mutable_collection("params"):
-            return _init_all(branches, branch, self, *xs)
-        return nn.switch(branch, branches, self, *xs)
+        return switch_variants(self, branch, variants, xs, train)
 
 
-def _add(mdl, a, b, *, train):
-    del mdl, train
+def _add(run, a, b):
+    del run
     return a + b
 
 
-def _concat(mdl, a, b, *, train):
-    return mdl.concat(jnp.concatenate([a, b], -1), train)
+def _concat(run, a, b):
+    return run(jnp.concatenate([a, b], -1))
 
 
 class MaskedCombine(nn.Module):
-    """A block's combination, add or concat + ReLU-conv1x1-BN, chosen by an index."""
+    """A block's combination, add or concat + ReLU-conv1x1-BN (variables under "concat")."""
 
     features: int
 
-    def setup(self):
-        self.concat = ReLUConvBN(self.features, (1, 1))
-
+    @nn.compact
     def __call__(self, a, b, combine, train):
-        branches = [functools.partial(_add, train=train), functools.partial(_concat, train=train)]
-        if self.is_mutable_collection("params"):
-            return _init_all(branches, combine, self, a, b)
-        return nn.switch(combine, branches, self, a, b)
+        variants = [Variant("", None, _add),
+                    Variant("concat", ReLUConvBN(self.features, (1, 1), parent=None), _concat)]
+        return switch_variants(self, combine, variants, (a, b), train)
 
 
 def _slot_strides(reduction: bool, block: int) -> tuple[int, ...]:
