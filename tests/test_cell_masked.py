@@ -263,3 +263,22 @@ def test_traces_over_stacked_pipelines(setup):
     assert stacked.ops.shape == (len(ARCHS), 2, NET["num_blocks"], 2)
     out = jax.eval_shape(jax.vmap(lambda a: net.apply(variables, x, False, 0.0, 0.0, a)), stacked)
     assert out.shape == (len(ARCHS), IMAGE[0], NET["num_classes"])
+
+
+def test_make_network_for_gives_one_masked_network_for_every_cell_architecture():
+    import ml_collections
+
+    from ma2ml_jax import models
+
+    space = cell_space(num_blocks=5)
+    model = ml_collections.ConfigDict({"cells": 5, "reduction_cells": (2, 4),
+                                       "cell_channels": 8})
+    built = [models.make_network_for("cell", space, space.decode(t), 10, model, masked=True)
+             for t in np.asarray(space.sample(jax.random.key(3), 3))]
+    assert len({repr(net) for net, _ in built}) == 1
+    net, arrays = built[0]
+    assert isinstance(net, MaskedCellNet) and (net.cells, net.channels) == (5, 8)
+    assert arrays.inputs.shape == (2, 5, 2) and arrays.combine.shape == (2, 5)
+    exact, none = models.make_network_for("cell", space, space.decode(
+        np.asarray(space.sample(jax.random.key(4), 1))[0]), 10, model, masked=False)
+    assert isinstance(exact, CellNet) and none is None

@@ -34,8 +34,8 @@ def make_network_for(kind: str, space, arch: Mapping[str, Any], num_classes: int
     """(network, architecture arrays) for a decoded architecture of `space`.
 
     masked=True: the space's max-size network, shared by all its architectures of one resolution,
-    and the architecture as arrays (the network's `arch` argument). masked=False, or a space with
-    no masked network yet: the exactly-shaped network and None.
+    and the architecture as arrays (the network's `arch` argument). masked=False:
+    the exactly-shaped network and None.
     """
     if masked and kind == "macro":
         import jax
@@ -48,4 +48,15 @@ def make_network_for(kind: str, space, arch: Mapping[str, Any], num_classes: int
                                           int(arch["resolution"]), impl)
         arrays = macro_masked.macro_arrays(arch)
         return net, type(arrays)(*(jnp.asarray(a) for a in arrays))
+    if masked and kind == "cell":
+        from ma2ml_jax.models import cell_masked
+
+        # XLA's depthwise convolution even on CPU: with "taps" every one of a slot's ~26
+        # variants becomes k*k slices, and the program (already the slowest to compile here)
+        # did not finish compiling in 13 minutes for 2 cells (bench/throughput.py notes).
+        net = cell_masked.MaskedCellNet(
+            num_classes, cells=model_config.cells,
+            reduction_cells=tuple(model_config.reduction_cells),
+            channels=model_config.cell_channels, depthwise_impl="conv")
+        return net, cell_masked.cell_arrays(arch)
     return make_network(kind, arch, num_classes, model_config), None

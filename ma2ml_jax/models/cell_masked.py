@@ -54,7 +54,7 @@ from ma2ml_jax.models.cell_net import (
     _bn,
     unused_blocks,
 )
-from ma2ml_jax.models.macro_net import drop_path
+from ma2ml_jax.models.macro_net import classifier_dropout, drop_path
 from ma2ml_jax.spaces.cell import CELL_OPS, CELL_TYPES, COMBINE, NUM_CELL_INPUTS
 
 _DECISIONS_PER_BLOCK = 5  # inputs/0, inputs/1, ops/0, ops/1, combine (`cell_space` order)
@@ -268,10 +268,12 @@ class MaskedOpSlot(nn.Module):
       features: channels c of the cell.
       strides: the strides the slot can take; branch `p * 13 + op` applies `CELL_OPS[op]` with
         stride `strides[p]` to operand p.
+      depthwise_impl: "conv" or "taps" (see `cell_net.SepConv`).
     """
 
     features: int
     strides: tuple[int, ...]
+    depthwise_impl: str = "conv"
 
     @nn.compact
     def __call__(self, xs: tuple[jax.Array, ...], branch: jax.Array, train: bool) -> jax.Array:
@@ -285,7 +287,8 @@ class MaskedOpSlot(nn.Module):
         Returns:
           float[B, H, W, c].
         """
-        variants = [Variant(variant_name(op, s), CellOp(op, self.features, s, parent=None),
+        variants = [Variant(variant_name(op, s), CellOp(op, self.features, s, self.depthwise_impl,
+                                                       parent=None),
                             functools.partial(_on_operand, operand=p))
                     for p, s in enumerate(self.strides) for op in CELL_OPS]
         return switch_variants(self, branch, variants, xs, train)
@@ -327,12 +330,14 @@ class MaskedCell(nn.Module):
       num_blocks: blocks per cell.
       reduction: a reduction cell (stride-2 ops on the cell inputs).
       reduce_prev: h_{k-2} has twice the spatial size of h_{k-1}.
+      depthwise_impl: "conv" or "taps" (see `cell_net.SepConv`).
     """
 
     features: int
     num_blocks: int
     reduction: bool
     reduce_prev: bool
+    depthwise_impl: str = "conv"
 
     @nn.compact
     def __call__(self, s0, s1, inputs, ops, combine, train, drop_path_rate=0.0):
@@ -387,7 +392,8 @@ class MaskedCell(nn.Module):
                           jax.lax.dynamic_index_in_dim(states, jnp.maximum(i - NUM_CELL_INPUTS, 0),
                                                        keepdims=False))
                     branch = (i >= NUM_CELL_INPUTS).astype(jnp.int32) * len(CELL_OPS) + op
-                h = MaskedOpSlot(c, strides, name=f"block{b}_op{j}")(xs, branch, train)
+                slot = MaskedOpSlot(c, strides, self.depthwise_impl, name=f"block{b}_op{j}")
+                h = slot(xs, branch, train)
                 if train:
                     # As in CellNet: stochastic depth on every op output but identity.
                     dropped = drop_path(h, drop_path_rate, self.make_rng("dropout"))
@@ -417,6 +423,8 @@ class MaskedCellNet(nn.Module):
       channels: channels of the first cells (doubled at each reduction cell).
       num_blocks: blocks per cell.
       stem_multiplier: the stem has `stem_multiplier * channels` channels.
+      depthwise_impl: "conv" (XLA's grouped convolution) or "taps" (shifted multiply-adds, the
+        fast choice on CPU; same parameters and function).
     """
 
     num_classes: int
@@ -425,6 +433,7 @@ class MaskedCellNet(nn.Module):
     channels: int = 16
     num_blocks: int = 5
     stem_multiplier: int = 3
+    depthwise_impl: str = "conv"
 
     @nn.compact
     def __call__(self, x, train: bool = False, dropout=0.0, drop_path_rate=0.0,
@@ -445,14 +454,12 @@ class MaskedCellNet(nn.Module):
                 c *= 2
             rate = drop_path_rate * (k - 1) / max(1, self.cells - 1)
             t = int(reduction)
-            cell = MaskedCell(c, nb, reduction, reduce_prev, name=f"cell{k}")
+            cell = MaskedCell(c, nb, reduction, reduce_prev, self.depthwise_impl, name=f"cell{k}")
             s0, s1 = s1, cell(s0, s1, arch.inputs[t], arch.ops[t], arch.combine[t], train, rate)
             reduce_prev = reduction
         x = s1.mean(axis=(1, 2))
         if train:
-            keep = 1.0 - dropout
-            mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
-            x = jnp.where(mask, x / jnp.maximum(keep, 1e-6), 0.0)
+            x = classifier_dropout(x, dropout, self.make_rng("dropout"))
         return nn.Dense(self.num_classes, name="classifier")(x)
 
 

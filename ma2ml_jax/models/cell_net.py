@@ -21,10 +21,9 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from ma2ml_jax.models.macro_net import drop_path
+from ma2ml_jax.models.macro_net import classifier_dropout, drop_path
 
 NUM_CELL_INPUTS = 2
 
@@ -211,7 +210,5 @@ class CellNet(nn.Module):
             reduce_prev = reduction
         x = s1.mean(axis=(1, 2))
         if train:
-            keep = 1.0 - dropout
-            mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
-            x = jnp.where(mask, x / jnp.maximum(keep, 1e-6), 0.0)
+            x = classifier_dropout(x, dropout, self.make_rng("dropout"))
         return nn.Dense(self.num_classes, name="classifier")(x)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ma2ml_jax.models.macro_net import _act, drop_path
+from ma2ml_jax.models.macro_net import _act, classifier_dropout, drop_path
 from ma2ml_jax.spaces.macro import MacroSpec
 
 
@@ -250,9 +250,7 @@ class MaskedMacroNet(nn.Module):
         x = _act(_bn(train, "bn_head")(x)) * _mask(a.head_width, b.head_width)
         x = x.mean(axis=(1, 2))
         if train:
-            keep = 1.0 - dropout
-            mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
-            x = jnp.where(mask, x / jnp.maximum(keep, 1e-6), 0.0)
+            x = classifier_dropout(x, dropout, self.make_rng("dropout"))
         return nn.Dense(self.num_classes, name="classifier")(x)
 
 

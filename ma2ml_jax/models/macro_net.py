@@ -67,6 +67,13 @@ def drop_path(x: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
     return jnp.where(mask, x / jnp.maximum(keep, 1e-6), 0.0)
 
 
+def classifier_dropout(x: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
+    """Inverted dropout with a traced rate (a recipe value: a new rate never recompiles)."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(key, keep, x.shape)
+    return jnp.where(mask, x / jnp.maximum(keep, 1e-6), 0.0)
+
+
 class SqueezeExcite(nn.Module):
     reduction: int = 4
 
@@ -139,7 +146,5 @@ class MacroNet(nn.Module):
         x = _act(nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn_head")(x))
         x = x.mean(axis=(1, 2))
         if train:
-            keep = 1.0 - dropout
-            mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
-            x = jnp.where(mask, x / jnp.maximum(keep, 1e-6), 0.0)
+            x = classifier_dropout(x, dropout, self.make_rng("dropout"))
         return nn.Dense(self.num_classes, name="classifier")(x)
