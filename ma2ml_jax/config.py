@@ -17,7 +17,8 @@ from ma2ml_jax.errors import ConfigError, choices
 ALGORITHMS = ("random",)
 REWARDS = ("accuracy", "mnas", "linear")
 NETWORKS = ("masked", "exact")
-STRATEGIES = ("loop", "unrolled", "vmap")
+STRATEGIES = ("auto", "loop", "unrolled", "vmap", "map")
+STEP_LOOPS = ("host", "scan")
 SPACE_KINDS = ("augment", "macro", "cell", "recipe")
 AGENTS = ("aug", "nas", "hpo")
 
@@ -57,8 +58,13 @@ def base_config() -> ml_collections.ConfigDict:
     # exact: an exactly-shaped network compiled per architecture (the reference).
     c.evaluate.network = "masked"
     # How the pipelines of an iteration are trained (masked networks): loop (one at a time),
-    # unrolled (the local pipelines traced into one program), vmap; sharded over devices.
+    # unrolled (the local pipelines traced into one program), vmap, map (lax.map in chunks of
+    # map_chunk), sharded over devices; auto: time one chunk of each at start-up, keep the best.
     c.evaluate.strategy = "loop"
+    c.evaluate.map_chunk = 1
+    # Across steps: host (a jitted call per steps_per_call steps) or scan (an epoch in a lax.scan).
+    c.evaluate.step_loop = "host"
+    c.evaluate.steps_per_call = 1
 
     # Network settings that are not searched.
     c.model = ml_collections.ConfigDict()
@@ -99,6 +105,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.evaluate.strategy not in STRATEGIES:
         raise ConfigError(f"evaluate.strategy={config.evaluate.strategy!r} is not one of "
                           f"{choices(STRATEGIES)}")
+    if config.evaluate.step_loop not in STEP_LOOPS:
+        raise ConfigError(f"evaluate.step_loop={config.evaluate.step_loop!r} is not one of "
+                          f"{choices(STEP_LOOPS)}")
+    for key in ("steps_per_call", "map_chunk"):
+        if config.evaluate[key] < 1:
+            raise ConfigError(f"evaluate.{key}={config.evaluate[key]} must be >= 1")
     if config.data.val_size < 1:
         raise ConfigError(f"data.val_size={config.data.val_size} must be >= 1")
     if config.reward.kind == "mnas" and not config.reward.flops_target > 0:

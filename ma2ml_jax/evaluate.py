@@ -6,10 +6,12 @@ dict per decoded pipeline with: accuracy (validation top-1), loss (final trainin
 failure (None, or the reason the pipeline was stopped: NaN loss, loss over the threshold, a network
 that cannot be built).
 
-Pipelines are trained one at a time. With `evaluate.network = "masked"` (the default) every
-architecture of a space runs in the max-size network with the architecture as an input array, so
-there is one compiled program per resolution; "exact" compiles an exactly-shaped
-network per architecture (the reference). The recipe and the augmentation policy are arrays: they
+With `evaluate.network = "masked"` (the default) every architecture of a space runs in the
+max-size network with the architecture as an input array, so there is one compiled program per
+resolution, and the pipelines that share it train together by `evaluate.strategy` (see
+`sharded.py`: loop, unrolled, vmap, map, or "auto", which times one chunk of each on the first
+iteration and keeps the fastest). "exact" compiles an exactly-shaped network per architecture
+(the reference), one pipeline at a time. The recipe and the augmentation policy are arrays: they
 never recompile.
 """
 
@@ -34,6 +36,8 @@ from ma2ml_jax.spaces import recipe as recipe_space
 Metrics = dict[str, Any]
 # The recipe used when no agent searches the training recipe.
 DEFAULT_RECIPE = {"optimizer": 0, "learning_rate": 0.05, "weight_decay": 5e-4}
+# What `evaluate.strategy = "auto"` measures (each compiles once: the measurement's price).
+AUTO_CANDIDATES = ("loop", "unrolled", "vmap", "map")
 
 
 def agent_roles(space: PipelineSpace) -> dict[str, str | None]:
@@ -46,9 +50,13 @@ def agent_roles(space: PipelineSpace) -> dict[str, str | None]:
 
 
 def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
-                   space: PipelineSpace) -> Callable[[list[Mapping[str, Any]], jax.Array],
-                                                     list[Metrics]]:
-    """Returns `evaluate(pipelines, key) -> [metrics]` for decoded pipelines."""
+                   space: PipelineSpace, log: Callable[[str], Any] = print
+                   ) -> Callable[[list[Mapping[str, Any]], jax.Array], list[Metrics]]:
+    """Returns `evaluate(pipelines, key) -> [metrics]` for decoded pipelines.
+
+    `evaluate.strategy()` tells the strategy in use (after "auto" has chosen); `log` receives
+    the choice of "auto".
+    """
     roles = agent_roles(space)
     if roles["arch"] is None:
         raise ValueError("the pipeline space has no architecture agent (a 'macro' or 'cell' space)")
@@ -59,27 +67,25 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
     total = max(1, int(round(ev.epochs * spe)))
     x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
     val_batches = list(zip(*_padded_batches(dataset.x_val, dataset.y_val, ev.eval_batch_size)))
-    compiled: dict[Any, Any] = {}
+    compiled: dict[Any, sharded.Programs] = {}
     arch_space = space[roles["arch"]]
     masked = ev.network == "masked"
-    strategy = ev.strategy if masked else "loop"  # exact networks differ in shape: one at a time
     n_epochs = int(np.ceil(total / spe))
+    # scan: an epoch per call; host: `steps_per_call` steps per call (never more than an epoch).
+    steps_per_call = spe if ev.step_loop == "scan" else min(ev.steps_per_call, spe)
+    # Exact networks differ in shape: they cannot share a pipeline axis.
+    chosen = {"strategy": ev.strategy if masked else "loop"}
 
-    def trainer_for(net):
-        key = repr(net)
+    def trainer_for(net, strategy):
+        key = (repr(net), strategy)
         if key not in compiled:
             t = proxy.make_trainer(net, image_shape=dataset.image_shape,
                                    num_classes=dataset.num_classes, mean=dataset.mean,
                                    std=dataset.std, total_steps=total,
                                    augment_images=roles["aug"] is not None)
-            if strategy == "loop":
-                def step(state, x_all, y_all, idx, hp, policy, key, arch):
-                    return t.train_step(state, x_all[idx], y_all[idx], hp, policy, key, arch)
-
-                compiled[key] = (jax.jit(t.init), jax.jit(step, donate_argnums=0),
-                                 jax.jit(t.eval_batch))
-            else:
-                compiled[key] = sharded.make_programs(t, strategy)
+            compiled[key] = sharded.make_programs(t, strategy, steps_per_call=steps_per_call,
+                                                  step_loop=ev.step_loop,
+                                                  map_chunk=ev.map_chunk)
         return compiled[key]
 
     def prepare(pipeline: Mapping[str, Any]):
@@ -101,18 +107,23 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
                              config.model)
         return net, arrays, hp, policy, counted
 
-    def batches(key):
-        """The iteration's shared data order: (epoch, step, key of the step's batch indices)."""
-        k_data = jax.random.fold_in(key, 0)
-        for epoch in range(n_epochs):
-            perm = jax.random.permutation(jax.random.fold_in(k_data, epoch), n_train)
-            for s in range(min(spe, total - epoch * spe)):
-                yield epoch, s, jax.lax.dynamic_slice_in_dim(perm, s * ev.batch_size,
-                                                             ev.batch_size)
+    def epoch_chunks(key, epoch):
+        """The chunks of an epoch of the iteration's shared data order: (step0, rows, valid)."""
+        perm = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 0), epoch),
+                                      n_train)
+        rows = perm[:spe * ev.batch_size].reshape(spe, ev.batch_size)
+        n_steps = min(spe, total - epoch * spe)
+        for step0 in range(0, n_steps, steps_per_call):
+            j = np.arange(step0, step0 + steps_per_call)
+            valid = j < n_steps
+            take = rows[step0:step0 + steps_per_call] if valid.all() else rows[np.where(
+                valid, j, step0)]
+            yield np.int32(step0), take, valid
 
     def pipeline_keys(key, i):
-        """(init key, training key) of pipeline i of the iteration."""
-        return tuple(jax.random.split(jax.random.fold_in(key, i + 1)))
+        """(init key data, training key data) of pipeline i of the iteration."""
+        return tuple(jax.random.key_data(k)
+                     for k in jax.random.split(jax.random.fold_in(key, i + 1)))
 
     def failure_of(worst: float, epoch: int) -> str | None:
         if not np.isfinite(worst):
@@ -121,77 +132,80 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
             return f"loss_threshold: {worst:.3g} > {ev.loss_threshold:g} in epoch {epoch + 1}"
         return None
 
-    def train_one(prepared, key, i) -> Metrics:
-        net, arrays, hp, policy, counted = prepared
-        init, step, eval_batch = trainer_for(net)
-        k_init, k_train = pipeline_keys(key, i)
-        state = init(k_init, arrays)
-        out: Metrics = {"params": counted.params, "flops": counted.flops, "failure": None,
-                        "accuracy": 0.0}
-        loss, worst, last_epoch = jnp.zeros(()), jnp.zeros(()), 0
-        for epoch, s, idx in batches(key):
-            if epoch != last_epoch:  # check for divergence once an epoch (one host sync)
-                out["failure"] = failure_of(float(worst), last_epoch)
-                if out["failure"]:
-                    break
-                worst, last_epoch = jnp.zeros(()), epoch
-            state, loss = step(state, x_train, y_train, idx, hp, policy,
-                               jax.random.fold_in(jax.random.fold_in(k_train, epoch), s + 1),
-                               arrays)
-            worst = jnp.maximum(worst, jnp.where(jnp.isfinite(loss), loss, jnp.inf))
-        out["failure"] = out["failure"] or failure_of(float(worst), last_epoch)
-        out["loss"] = float(loss)
-        if out["failure"] is None:
-            correct = sum(int(eval_batch(state, xb, yb, vb, hp.ema, arrays))
-                          for xb, yb, vb in val_batches)
-            out["accuracy"] = correct / len(dataset.y_val)
-        return out
-
-    def train_group(net, members, key) -> list[Metrics]:
-        """Trains pipelines of one shared network together (the pipeline axis sharded)."""
-        progs = trainer_for(net)
-        ids = [i for i, _ in members]
+    def stage(progs: sharded.Programs, members, key):
+        """(arch, hp, policy, init key data, train key data) of pipelines [(index, prepared)]:
+        stacked over the pipeline axis and padded for the mesh, or one pipeline's for "loop".
+        """
         _, arrays, hp, policy, _ = zip(*[m for _, m in members])
-        keys = [pipeline_keys(key, i) for i in ids]
-        n = progs.num_devices
-        arrays, _ = sharded.stack(list(arrays), n)
-        hp, _ = sharded.stack(list(hp), n)
-        policy, _ = sharded.stack(list(policy), n)
-        k_init, _ = sharded.stack([jax.random.key_data(k[0]) for k in keys], n)
-        k_train = [k[1] for k in keys]
-        k_train += [k_train[-1]] * (-len(k_train) % n)
-        states = progs.init(jax.random.wrap_key_data(k_init), arrays)
-        worst = np.zeros(len(k_train))
-        failure: list[str | None] = [None] * len(k_train)
-        loss, worst_d, last_epoch = None, jnp.zeros(len(k_train)), 0
-        for epoch, s, idx in batches(key):
-            if epoch != last_epoch:
-                worst = np.asarray(worst_d)
-                for j in range(len(ids)):
-                    failure[j] = failure[j] or failure_of(float(worst[j]), last_epoch)
-                if all(failure[:len(ids)]):
-                    break
-                worst_d, last_epoch = jnp.zeros(len(k_train)), epoch
-            step_keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(k, epoch), s + 1)
-                                   for k in k_train])
-            states, loss = progs.step(states, x_train, y_train, idx, hp, policy, step_keys,
-                                      arrays)
-            worst_d = jnp.maximum(worst_d, jnp.where(jnp.isfinite(loss), loss, jnp.inf))
-        worst = np.asarray(worst_d)
-        correct = sum(np.asarray(progs.eval_batch(states, xb, yb, vb, hp.ema, arrays))
-                      for xb, yb, vb in val_batches)
-        loss = np.asarray(loss) if loss is not None else np.full(len(k_train), np.nan)
+        keys = [pipeline_keys(key, i) for i, _ in members]
+        per = (list(arrays), list(hp), list(policy), [k[0] for k in keys], [k[1] for k in keys])
+        if not progs.stacked:
+            assert len(members) == 1, "loop programs take one pipeline"
+            return tuple(v[0] for v in per)
+        return tuple(sharded.stack(v, progs.num_devices)[0] for v in per)
+
+    def train(progs: sharded.Programs, members, key) -> list[Metrics]:
+        """Trains pipelines [(index, prepared)] of one shared network with `progs`.
+
+        "loop" programs take one pipeline: then `members` holds exactly one.
+        """
+        arrays, hp, policy, k_init, k_train = stage(progs, members, key)
+        states = progs.init(k_init, arrays)
+        failure: list[str | None] = [None] * len(members)
+        losses = None
+        for epoch in range(n_epochs):
+            worst = []
+            for step0, rows, valid in epoch_chunks(key, epoch):
+                states, losses = progs.train(states, x_train, y_train, rows, valid, hp, policy,
+                                             k_train, np.int32(epoch), step0, arrays)
+                w = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
+                worst.append(jnp.where(valid, w, -jnp.inf).max(-1))
+                last = int(valid.sum()) - 1
+            # Divergence is checked once an epoch: one host sync.
+            worst = np.atleast_1d(np.asarray(jnp.stack(worst).max(0)))
+            for j in range(len(members)):
+                failure[j] = failure[j] or failure_of(float(worst[j]), epoch)
+            if all(failure):
+                break
+        final_loss = np.atleast_1d(np.asarray(losses[..., last]))
+        correct = np.zeros(len(final_loss))
+        if not all(failure):
+            correct = sum(np.atleast_1d(np.asarray(progs.eval_batch(states, xb, yb, vb, hp.ema,
+                                                                    arrays)))
+                          for xb, yb, vb in val_batches)
         out = []
         for j, (_, m) in enumerate(members):
             counted = m[4]
-            f = failure[j] or failure_of(float(worst[j]), last_epoch)
-            out.append({"params": counted.params, "flops": counted.flops, "failure": f,
-                        "loss": float(loss[j]),
-                        "accuracy": 0.0 if f else float(correct[j]) / len(dataset.y_val)})
+            out.append({"params": counted.params, "flops": counted.flops, "failure": failure[j],
+                        "loss": float(final_loss[j]),
+                        "accuracy": 0.0 if failure[j] else float(correct[j]) / len(dataset.y_val)})
         return out
 
+    def choose_strategy(net, members, key) -> str:
+        """`evaluate.strategy = "auto"`: times one chunk of the group under each candidate."""
+        def timer(strategy):
+            progs = trainer_for(net, strategy)
+            # "loop" trains one pipeline per call: time one, count it for the whole group.
+            group = members[:1] if strategy == "loop" else members
+            scale = len(members) if strategy == "loop" else 1
+            return lambda: scale * time_one_chunk(progs, group, key)
+
+        return pick_fastest({s: timer(s) for s in AUTO_CANDIDATES}, log,
+                            f"one chunk of {steps_per_call} steps of {len(members)} pipelines")
+
+    def time_one_chunk(progs, members, key) -> float:
+        """Seconds of one call of `progs.train` on the group (compiled by a first call)."""
+        arrays, hp, policy, k_init, k_train = stage(progs, members, key)
+        step0, rows, valid = next(epoch_chunks(key, 0))
+        states = progs.init(k_init, arrays)
+        for _ in range(2):
+            t0 = time.perf_counter()
+            states, losses = progs.train(states, x_train, y_train, rows, valid, hp, policy,
+                                         k_train, np.int32(0), step0, arrays)
+            jax.block_until_ready(losses)
+        return time.perf_counter() - t0
+
     def evaluate(pipelines: list[Mapping[str, Any]], key: jax.Array) -> list[Metrics]:
-        start = time.perf_counter()
         results: list[Metrics | None] = [None] * len(pipelines)
         groups: dict[str, tuple[Any, list]] = {}
         for i, p in enumerate(pipelines):
@@ -201,22 +215,44 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
                 results[i] = {"accuracy": 0.0, "loss": float("nan"), "flops": 0.0, "params": 0,
                               "failure": f"build_error: {type(e).__name__}: {e}", "wall_time": 0.0}
                 continue
-            if strategy == "loop":
-                t0 = time.perf_counter()
-                results[i] = {**train_one(prepared, key, i), "wall_time": time.perf_counter() - t0}
-            else:
-                groups.setdefault(repr(prepared[0]), (prepared[0], []))[1].append((i, prepared))
+            groups.setdefault(repr(prepared[0]), (prepared[0], []))[1].append((i, prepared))
         for net, members in groups.values():
-            t0 = time.perf_counter()
-            metrics = train_group(net, members, key)
-            # The group trained together: each pipeline's share of its wall time.
-            wall = (time.perf_counter() - t0) / len(members)
-            for (i, _), m in zip(members, metrics):
-                results[i] = {**m, "wall_time": wall}
-        del start
+            if chosen["strategy"] == "auto":
+                chosen["strategy"] = choose_strategy(net, members, key)
+            progs = trainer_for(net, chosen["strategy"])
+            batches = [[m] for m in members] if not progs.stacked else [members]
+            for batch in batches:
+                t0 = time.perf_counter()
+                metrics = train(progs, batch, key)
+                # Pipelines trained together share the wall time equally.
+                wall = (time.perf_counter() - t0) / len(batch)
+                for (i, _), m in zip(batch, metrics):
+                    results[i] = {**m, "wall_time": wall}
         return results
 
+    evaluate.strategy = lambda: chosen["strategy"]  # the strategy in use (after "auto" chose)
     return evaluate
+
+
+def pick_fastest(timers: Mapping[str, Callable[[], float]], log: Callable[[str], Any],
+                 what: str) -> str:
+    """The candidate whose timer returns the fewest seconds; logs every time and the choice.
+
+    A candidate whose timer raises (out of memory, say) is reported and left out.
+    """
+    times: dict[str, float] = {}
+    for name, timer in timers.items():
+        try:
+            times[name] = timer()
+        except Exception as e:  # noqa: BLE001 - a failing candidate is not a failed search
+            log(f"evaluate.strategy=auto: {name} failed ({type(e).__name__}: {e}); skipped")
+    if not times:
+        raise RuntimeError("evaluate.strategy=auto: every candidate strategy failed")
+    best = min(times, key=times.get)
+    log(f"evaluate.strategy=auto: {what} takes "
+        + ", ".join(f"{name} {t * 1e3:.0f} ms" for name, t in times.items())
+        + f"; using {best!r}")
+    return best
 
 
 def _padded_batches(x: np.ndarray, y: np.ndarray, batch: int):

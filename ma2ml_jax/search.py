@@ -85,7 +85,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective
                             data_dir=config.data.data_dir or None,
                             max_train=config.data.max_train)
         tqdm.write(f"data: {dataset.summary()}")
-        evaluate = evaluate_lib.make_evaluator(config, dataset, space)
+        evaluate = evaluate_lib.make_evaluator(config, dataset, space, log=tqdm.write)
     else:
         evaluate = _objective_evaluator(objective)
 

@@ -4,16 +4,25 @@ All pipelines of one resolution share the masked max-size network, so their trai
 recipes, policies and architectures stack along a leading pipeline axis P. The axis is sharded
 over `jax.make_mesh((n_devices,), ("pipe",))` with `jax.shard_map` (pipelines are independent: no
 cross-device traffic; automatic partitioning of the same vmapped step inserted all-gathers, see
-DESIGN.md), P padded to a multiple of the device count. On each device the local pipelines run
-by one of two strategies, chosen by measurement:
+DESIGN.md), P padded to a multiple of the device count. How the pipelines run is a measured
+choice (`evaluate.strategy`, `bench/throughput.py`):
 
+  * "loop": one pipeline at a time, each call its own dispatch (no pipeline axis at all);
   * "unrolled": the local pipelines traced one after another into ONE program (ordinary
-    convolutions, one dispatch per step for all of them);
+    convolutions, one dispatch per call for all of them; the program grows with P);
   * "vmap": `jax.vmap` over the local pipelines (per-pipeline weights turn convolutions into
-    grouped ones, a slow path on CPU).
+    grouped ones, and a masked network's `lax.switch` into a select over every branch);
+  * "map": `jax.lax.map` over the local pipelines in chunks of `map_chunk` (vmapped within a
+    chunk): one program the size of a chunk, the pipelines looped on the device.
+
+Across steps (`evaluate.step_loop`): "host" calls one jitted program per `steps_per_call` steps
+(traced one after another), "scan" runs a whole epoch in one `lax.scan`. A chunk is padded to a
+fixed length with invalid steps that leave the state alone, so a short last epoch does not
+compile again.
 
 Every pipeline sees the same sequence of training batches (one data order per iteration), and its
-own keys for augmentation, mixup and dropout.
+own keys for augmentation, mixup and dropout: step s of epoch e uses
+`fold_in(fold_in(train_key, e), s + 1)`, derived inside the program.
 """
 
 from __future__ import annotations
@@ -29,28 +38,86 @@ from jax.sharding import PartitionSpec as P
 
 from ma2ml_jax.proxy import Trainer
 
-STRATEGIES = ("unrolled", "vmap")
+STRATEGIES = ("loop", "unrolled", "vmap", "map")
+STEP_LOOPS = ("host", "scan")
 
 
 class Programs(NamedTuple):
-    """The sharded programs of one trainer: each maps stacked per-pipeline values [P, ...]."""
+    """The jitted programs of one trainer and strategy.
 
-    init: Callable  # (keys[P], arch[P]) -> states[P]
-    step: Callable  # (states, x_all, y_all, idx[B], hp[P], policy[P], keys[P], arch[P])
-    #                 -> (states, loss[P])
+    With `stacked` every argument marked [P] has a leading pipeline axis (a multiple of
+    `num_devices`, see `stack`); without it ("loop") they are one pipeline's values.
+    """
+
+    init: Callable  # (key_data[P], arch[P]) -> states[P]
+    # (states, x_all, y_all, rows[S, B], valid[S], hp[P], policy[P], key_data[P], epoch, step0,
+    #  arch[P]) -> (states, losses[P, S]); rows index x_all, invalid steps change nothing.
+    train: Callable
     eval_batch: Callable  # (states, x[B], y[B], valid[B], use_ema[P], arch[P]) -> correct[P]
     num_devices: int
+    stacked: bool
+    steps_per_call: int  # S
 
 
-def _over_local(fn: Callable, strategy: str, batched_argnums: tuple[int, ...]) -> Callable:
+def make_train_chunk(trainer: Trainer, steps: int, step_loop: str) -> Callable:
+    """One pipeline's training over a chunk of `steps` steps, as a pure function.
+
+    Returns `train(state, x_all, y_all, rows, valid, hp, policy, key_data, epoch, step0, arch)`
+    -> (state, losses float32[steps]): step j trains on `x_all[rows[j]]` if `valid[j]` (a padded
+    step leaves the state unchanged and reports loss 0).
+    """
+    if step_loop not in STEP_LOOPS:
+        raise ValueError(f"unknown step loop {step_loop!r}; valid: {STEP_LOOPS}")
+
+    def train(state, x_all, y_all, rows, valid, hp, policy, key_data, epoch, step0, arch):
+        k_epoch = jax.random.fold_in(jax.random.wrap_key_data(key_data), epoch)
+
+        def one(state, j):
+            key = jax.random.fold_in(k_epoch, step0 + j + 1)
+            idx = rows[j]
+            return trainer.train_step(state, x_all[idx], y_all[idx], hp, policy, key, arch)
+
+        def guarded(state, j):
+            if steps == 1:  # a one-step chunk is never padded
+                return one(state, j)
+            # A padded step's loss is 0, derived from the state so that it varies over the
+            # mesh axis exactly as a real step's loss does (shard_map checks the branches agree).
+            return jax.lax.cond(valid[j], one, lambda s, _: (s, 0.0 * s.step.astype(jnp.float32)),
+                                state, j)
+
+        if step_loop == "scan":
+            return jax.lax.scan(guarded, state, jnp.arange(steps))
+        losses = []
+        for j in range(steps):  # traced one after another into one program
+            state, loss = guarded(state, j)
+            losses.append(loss)
+        return state, jnp.stack(losses)
+
+    return train
+
+
+def _over_local(fn: Callable, strategy: str, batched_argnums: tuple[int, ...],
+                map_chunk: int = 1) -> Callable:
     """Fn over the leading (local pipeline) axis of the arguments in `batched_argnums`."""
     if strategy == "vmap":
-        in_axes = tuple(0 if i in batched_argnums else None for i in range(16))
-
         def vmapped(*args):
-            return jax.vmap(fn, in_axes=in_axes[:len(args)])(*args)
+            in_axes = tuple(0 if i in batched_argnums else None for i in range(len(args)))
+            return jax.vmap(fn, in_axes=in_axes)(*args)
 
         return vmapped
+    if strategy == "map":
+        def mapped(*args):
+            batched = tuple(args[i] for i in batched_argnums)
+
+            def body(xs):
+                full = list(args)
+                for i, x in zip(batched_argnums, xs):
+                    full[i] = x
+                return fn(*full)
+
+            return jax.lax.map(body, batched, batch_size=map_chunk if map_chunk > 1 else None)
+
+        return mapped
     if strategy == "unrolled":
         def unrolled(*args):
             n = jax.tree.leaves(args[batched_argnums[0]])[0].shape[0]
@@ -65,8 +132,31 @@ def _over_local(fn: Callable, strategy: str, batched_argnums: tuple[int, ...]) -
     raise ValueError(f"unknown strategy {strategy!r}; valid: {STRATEGIES}")
 
 
-def make_programs(trainer: Trainer, strategy: str, devices=None) -> Programs:
-    """Jitted, sharded versions of a trainer's functions over a stacked pipeline axis."""
+def make_programs(trainer: Trainer, strategy: str, devices=None, *, steps_per_call: int = 1,
+                  step_loop: str = "host", map_chunk: int = 1) -> Programs:
+    """Jitted (and, but for "loop", sharded) programs of a trainer.
+
+    Args:
+      trainer: the pure functions of one network (`proxy.make_trainer`).
+      strategy: one of STRATEGIES.
+      devices: the devices of the mesh (default: all).
+      steps_per_call: training steps in one call of `train`.
+      step_loop: "host" (the steps traced one after another) or "scan" (a `lax.scan`).
+      map_chunk: pipelines vmapped together inside the "map" strategy.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; valid: {STRATEGIES}")
+    if steps_per_call < 1 or map_chunk < 1:
+        raise ValueError(f"steps_per_call={steps_per_call} and map_chunk={map_chunk} must be >= 1")
+    chunk = make_train_chunk(trainer, steps_per_call, step_loop)
+
+    def init_one(key_data, arch):
+        return trainer.init(jax.random.wrap_key_data(key_data), arch)
+
+    if strategy == "loop":
+        return Programs(jax.jit(init_one), jax.jit(chunk, donate_argnums=0),
+                        jax.jit(trainer.eval_batch), 1, False, steps_per_call)
+
     devices = list(devices if devices is not None else jax.devices())
     mesh = jax.make_mesh((len(devices),), ("pipe",), devices=devices)
     pipe, rep = P("pipe"), P()
@@ -84,18 +174,15 @@ def make_programs(trainer: Trainer, strategy: str, devices=None) -> Programs:
 
         return call
 
-    init = _over_local(lambda k, a: trainer.init(k, a), strategy, (0, 1))
-
-    def step_one(state, x_all, y_all, idx, hp, policy, key, arch):
-        return trainer.train_step(state, x_all[idx], y_all[idx], hp, policy, key, arch)
-
-    step = _over_local(step_one, strategy, (0, 4, 5, 6, 7))
-    evaluate = _over_local(trainer.eval_batch, strategy, (0, 4, 5))
+    init = _over_local(init_one, strategy, (0, 1), map_chunk)
+    train = _over_local(chunk, strategy, (0, 5, 6, 7, 10), map_chunk)
+    evaluate = _over_local(trainer.eval_batch, strategy, (0, 4, 5), map_chunk)
     return Programs(
         init=shard(init, (pipe, pipe), pipe),
-        step=shard(step, (pipe, rep, rep, rep, pipe, pipe, pipe, pipe), (pipe, pipe), donate=(0,)),
+        train=shard(train, (pipe, rep, rep, rep, rep, pipe, pipe, pipe, rep, rep, pipe),
+                    (pipe, pipe), donate=(0,)),
         eval_batch=shard(evaluate, (pipe, rep, rep, rep, pipe, pipe), pipe),
-        num_devices=len(devices))
+        num_devices=len(devices), stacked=True, steps_per_call=steps_per_call)
 
 
 def stack(trees: list[Any], multiple: int) -> tuple[Any, int]:

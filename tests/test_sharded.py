@@ -10,7 +10,7 @@ from ma2ml_jax import config as config_lib
 from ma2ml_jax import data, models, proxy, search, sharded
 from ma2ml_jax.spaces import recipe, to_policy
 
-STEPS, BATCH, PIPELINES = 2, 16, 2
+STEPS, BATCH, PIPELINES = 3, 16, 3
 
 
 class TinyMasked(nn.Module):
@@ -32,8 +32,49 @@ def tiny():
     no_policy = to_policy_none()
     per = [(np.int32(w), proxy.Hyperparams.from_recipe(
         {"optimizer": o, "learning_rate": lr, "weight_decay": 1e-4}, 4), no_policy)
-        for w, o, lr in ((5, 0, 0.1), (8, 2, 0.01))]
+        for w, o, lr in ((5, 0, 0.1), (8, 2, 0.01), (3, 1, 0.05))]
     return trainer, per, d
+
+
+def linear_trainer(d):
+    """A Trainer of a masked linear classifier with noisy SGD: milliseconds to compile, and every
+    input matters (the key through the noise, `arch` through the mask, hp through the rate), so
+    the grid of strategies below tests the program structure, not the network.
+    """
+    dim = int(np.prod(d.image_shape))
+
+    def init(key, arch):
+        w = 0.01 * jax.random.normal(key, (dim, 10))
+        return proxy.TrainState(jnp.zeros((), jnp.int32), {"classifier": {"kernel": w}}, {},
+                                (), {"classifier": {"kernel": w}})
+
+    def logits(params, images, arch):
+        x = images.reshape(images.shape[0], -1).astype(jnp.float32) / 16.0
+        return x @ (params["classifier"]["kernel"] * (jnp.arange(10) < arch + 2))
+
+    def train_step(state, images, labels, hp, policy, key, arch):
+        del policy
+
+        def loss_fn(params):
+            lp = jax.nn.log_softmax(logits(params, images, arch))
+            return -jnp.take_along_axis(lp, labels[:, None], 1).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        noise = 1e-3 * jax.random.normal(key, (dim, 10))
+        params = jax.tree.map(lambda p, g: p - hp.learning_rate * g + noise, state.params, grads)
+        return state._replace(step=state.step + 1, params=params, ema_params=params), loss
+
+    def eval_batch(state, images, labels, valid, use_ema, arch):
+        del use_ema
+        return ((jnp.argmax(logits(state.params, images, arch), -1) == labels) & valid).sum()
+
+    return proxy.Trainer(init, train_step, eval_batch)
+
+
+@pytest.fixture(scope="module")
+def linear(tiny):
+    _, per, d = tiny
+    return linear_trainer(d), per, d
 
 
 def to_policy_none():
@@ -60,67 +101,120 @@ def macro():
     return trainer, per, d
 
 
+def _keys(i):
+    """(init key data, training key data) of pipeline i."""
+    return (jax.random.key_data(jax.random.key(i)), jax.random.key_data(jax.random.key(50 + i)))
+
+
+def _step_key(i, s):
+    """The key of step s (epoch 0) as the programs derive it from the training key data."""
+    k = jax.random.fold_in(jax.random.wrap_key_data(_keys(i)[1]), 0)
+    return jax.random.fold_in(k, s + 1)
+
+
 def _loop(trainer, per, d):
     """One pipeline at a time with the plain jitted functions: the reference."""
     x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
     out = []
     for i, (arrays, hp, policy) in enumerate(per):
-        state = jax.jit(trainer.init)(jax.random.key(i), arrays)
+        state = jax.jit(trainer.init)(jax.random.wrap_key_data(_keys(i)[0]), arrays)
         for s in range(STEPS):
             idx = jnp.arange(s * BATCH, (s + 1) * BATCH)
             state, loss = jax.jit(trainer.train_step)(state, x[idx], y[idx], hp, policy,
-                                                      jax.random.key(100 * i + s), arrays)
+                                                      _step_key(i, s), arrays)
         correct = trainer.eval_batch(state, jnp.asarray(d.x_val), jnp.asarray(d.y_val),
                                      jnp.ones(len(d.y_val), bool), hp.ema, arrays)
         out.append((float(loss), int(correct), state.params["classifier"]["kernel"]))
     return out
 
 
-def _sharded(trainer, per, d, strategy, devices):
-    progs = sharded.make_programs(trainer, strategy, devices)
-    n = progs.num_devices
-    arrays, _ = sharded.stack([p[0] for p in per], n)
-    hp, _ = sharded.stack([p[1] for p in per], n)
-    policy, _ = sharded.stack([p[2] for p in per], n)
-    keys, count = sharded.stack([jax.random.key_data(jax.random.key(i))
-                                 for i in range(PIPELINES)], n)
-    states = progs.init(jax.random.wrap_key_data(keys), arrays)
+def _programs(trainer, per, d, variant, devices):
+    """Trains every pipeline of `per` with `sharded.make_programs(trainer, **variant)`."""
+    progs = sharded.make_programs(trainer, devices=devices, **variant)
     x, y = jnp.asarray(d.x_train), jnp.asarray(d.y_train)
-    for s in range(STEPS):
-        step_keys, _ = sharded.stack([jax.random.key_data(jax.random.key(100 * i + s))
-                                      for i in range(PIPELINES)], n)
-        states, loss = progs.step(states, x, y, jnp.arange(s * BATCH, (s + 1) * BATCH), hp,
-                                  policy, jax.random.wrap_key_data(step_keys), arrays)
-    correct = progs.eval_batch(states, jnp.asarray(d.x_val), jnp.asarray(d.y_val),
-                               jnp.ones(len(d.y_val), bool), hp.ema, arrays)
-    assert count == PIPELINES and loss.shape[0] % n == 0
-    loss, correct, kernel = jax.device_get((loss, correct,
-                                            states.params["classifier"]["kernel"]))
-    return [(float(loss[i]), int(correct[i]), kernel[i]) for i in range(PIPELINES)]
+    rows = jnp.arange(STEPS * BATCH).reshape(STEPS, BATCH)
+    spc = progs.steps_per_call
+    groups = [[i] for i in range(PIPELINES)] if not progs.stacked else [list(range(PIPELINES))]
+    out = {}
+    for group in groups:
+        def values(j, group=group):
+            vals = [per[i][j] if j < 3 else _keys(i)[j - 3] for i in group]
+            return sharded.stack(vals, progs.num_devices)[0] if progs.stacked else vals[0]
+
+        arrays, hp, policy, k_init, k_train = (values(j) for j in range(5))
+        states = progs.init(k_init, arrays)
+        for step0 in range(0, STEPS, spc):  # the last chunk padded with invalid steps
+            j = np.arange(step0, step0 + spc)
+            valid = j < STEPS
+            states, losses = progs.train(states, x, y, rows[np.minimum(j, STEPS - 1)], valid, hp,
+                                         policy, k_train, np.int32(0), np.int32(step0), arrays)
+            last = losses[..., int(valid.sum()) - 1]
+        correct = progs.eval_batch(states, jnp.asarray(d.x_val), jnp.asarray(d.y_val),
+                                   jnp.ones(len(d.y_val), bool), hp.ema, arrays)
+        last, correct, kernel = jax.device_get((last, correct,
+                                                states.params["classifier"]["kernel"]))
+        if progs.stacked:
+            assert last.shape[0] % progs.num_devices == 0
+            for p, i in enumerate(group):
+                out[i] = (float(last[p]), int(correct[p]), kernel[p])
+        else:
+            out[group[0]] = (float(last), int(correct), kernel)
+    return [out[i] for i in range(PIPELINES)]
 
 
-@pytest.mark.parametrize("strategy", sharded.STRATEGIES)
-def test_four_devices_equal_one_device_and_the_loop(tiny, strategy):
-    _check_equal(tiny, strategy)
+VARIANTS = {  # every pipeline-axis strategy, and the step loops on one of them
+    "loop": dict(strategy="loop"),
+    "unrolled": dict(strategy="unrolled"),
+    "vmap": dict(strategy="vmap"),
+    "map": dict(strategy="map"),
+    "map_chunk2": dict(strategy="map", map_chunk=2),
+    "loop_scan": dict(strategy="loop", step_loop="scan", steps_per_call=STEPS),
+    "unrolled_scan_padded": dict(strategy="unrolled", step_loop="scan", steps_per_call=3),
+    "map_host_chunk2": dict(strategy="map", step_loop="host", steps_per_call=2),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_four_devices_equal_one_device_and_the_loop(linear, variant):
+    _check_equal(linear, VARIANTS[variant])
+
+
+@pytest.mark.parametrize("strategy", ["unrolled", "map"])
+def test_proxy_trainer_under_shard_map(tiny, strategy):
+    """The real training step (BatchNorm, three optimizers, dropout keys) on the mesh."""
+    _check_equal(tiny, dict(strategy=strategy, step_loop="scan", steps_per_call=2))
 
 
 @pytest.mark.slow  # the masked macro network: minutes of compilation on 2 CPU cores
 @pytest.mark.parametrize("strategy", sharded.STRATEGIES)
 def test_masked_macro_pipelines_sharded(macro, strategy):
-    _check_equal(macro, strategy)
+    _check_equal(macro, dict(strategy=strategy))
 
 
-def _check_equal(setup, strategy):
+_REFERENCE = {}
+
+
+def _check_equal(setup, variant):
     assert len(jax.devices()) == 4  # tests/conftest.py
     trainer, per, d = setup
-    want = _loop(trainer, per, d)
-    four = _sharded(trainer, per, d, strategy, jax.devices())
-    one = _sharded(trainer, per, d, strategy, jax.devices()[:1])
-    for got in (four, one):
+    if id(setup) not in _REFERENCE:
+        _REFERENCE[id(setup)] = _loop(trainer, per, d)
+    want = _REFERENCE[id(setup)]
+    runs = [_programs(trainer, per, d, variant, jax.devices())]
+    if variant["strategy"] != "loop":  # "loop" has no mesh
+        runs.append(_programs(trainer, per, d, variant, jax.devices()[:1]))
+    for got in runs:
         for (l1, c1, w1), (l2, c2, w2) in zip(got, want):
             assert l1 == pytest.approx(l2, rel=1e-4, abs=1e-5)
             assert abs(c1 - c2) <= 1  # an argmax tie can flip with float reassociation
             np.testing.assert_allclose(w1, w2, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_strategy_and_step_loop_are_rejected(tiny):
+    with pytest.raises(ValueError, match="unknown strategy"):
+        sharded.make_programs(tiny[0], "pmap")
+    with pytest.raises(ValueError, match="unknown step loop"):
+        sharded.make_programs(tiny[0], "loop", step_loop="while")
 
 
 @pytest.mark.slow  # two full evaluator compiles (masked macro network + augmentation)

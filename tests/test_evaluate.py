@@ -1,0 +1,42 @@
+"""The evaluator's strategy choice ("auto") and its config checks."""
+
+import pytest
+
+from ma2ml_jax import config as config_lib
+from ma2ml_jax import evaluate
+from ma2ml_jax.errors import ConfigError
+
+
+def test_pick_fastest_takes_the_least_time_and_logs_every_candidate():
+    logged = []
+    best = evaluate.pick_fastest({"loop": lambda: 0.3, "map": lambda: 0.1,
+                                  "unrolled": lambda: 0.2}, logged.append, "a chunk")
+    assert best == "map"
+    assert len(logged) == 1
+    assert all(s in logged[0] for s in ("loop 300 ms", "map 100 ms", "unrolled 200 ms",
+                                        "using 'map'"))
+
+
+def test_pick_fastest_skips_a_failing_candidate():
+    def oom():
+        raise MemoryError("out of memory")
+
+    logged = []
+    assert evaluate.pick_fastest({"vmap": oom, "loop": lambda: 1.0}, logged.append,
+                                 "x") == "loop"
+    assert "vmap failed (MemoryError: out of memory)" in logged[0]
+    with pytest.raises(RuntimeError, match="every candidate"):
+        evaluate.pick_fastest({"vmap": oom}, logged.append, "x")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("strategy", "pmap", "evaluate.strategy='pmap' is not one of"),
+    ("step_loop", "while", "evaluate.step_loop='while' is not one of"),
+    ("steps_per_call", 0, "evaluate.steps_per_call=0 must be >= 1"),
+    ("map_chunk", 0, "evaluate.map_chunk=0 must be >= 1"),
+])
+def test_bad_evaluation_settings_are_named(key, value, message):
+    c = config_lib.base_config()
+    c.evaluate[key] = value
+    with pytest.raises(ConfigError, match=message):
+        config_lib.validate(c)
