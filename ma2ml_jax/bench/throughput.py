@@ -1,0 +1,361 @@
+r"""Pipeline-evaluation throughput: the project's strategies against a naive port, side by side.
+
+    python -m ma2ml_jax.bench.throughput                       # the CIFAR proxy workload
+    python -m ma2ml_jax.bench.throughput --variants=naive,loop --pipelines=4 --cells=2
+
+Workload: the CIFAR-10 setting of configs/cifar10.py (25 AutoAugment sub-policies, the NASNet
+cell space, the CIFAR recipe space, 24 pipelines an iteration), shortened to fit a small machine:
+fewer cells, a slice of the training images, one short epoch. Real CIFAR-10 images come from
+../shared/data/cifar10_jpeg.npz when it exists (random images otherwise, said in the output).
+Every variant evaluates the same pipelines (the same seeds), for `--iterations` iterations.
+
+Variants (each in its own process, so compile caches and peak memory are its own):
+  naive      what a straightforward port would write: one pipeline at a time, an exactly-shaped
+             network compiled per architecture, AutoAugment on the host with PIL.
+  exact      the same, but augmentation inside the jitted step on the device.
+  STRATEGY[+scan]  the masked network (one program for every architecture) with the pipelines
+             trained by a `sharded.py` strategy (loop, unrolled, vmap, map), steps by a host loop
+             (default) or `+scan` (an epoch in one lax.scan).
+
+Printed per variant: pipelines per hour and training images per second (first iteration, with
+compilation; and the later ones), the ratio of each to the naive baseline, compilations in each
+iteration, useful FLOP/s (the unmasked multiply-adds of the pipelines' own architectures, x2 for
+FLOPs, x3 for forward + backward) against the machine's measured float32 matmul peak, and peak
+memory (device peak on accelerators; the process's peak RSS on CPU). A JSON file keeps it all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_VARIANTS = ("naive", "exact", "loop", "loop+scan", "map", "unrolled", "vmap")
+
+
+# ------------------------------------------------------------------------------- the workload
+def workload_config(args):
+    """configs/cifar10.py's (or configs/default.py's) setting, shortened by the flags."""
+    name = "cifar10" if args.workload == "cifar" else "default"
+    spec = importlib.util.spec_from_file_location(
+        f"{name}_config", os.path.join(_REPO_ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    if args.workload == "default":  # the README's first command: digits, the tiny macro space
+        c.search.pipelines = args.pipelines
+        c.evaluate.epochs = args.epochs
+        return c
+    c.search.pipelines = args.pipelines
+    c.search.iterations = args.iterations
+    c.evaluate.epochs = args.epochs
+    c.evaluate.batch_size = args.batch_size
+    c.evaluate.eval_batch_size = min(512, args.val_images)
+    c.model.cells = args.cells
+    c.model.reduction_cells = tuple(int(r) for r in args.reduction_cells.split(",") if r)
+    c.model.cell_channels = args.channels
+    c.data.val_size = args.val_images
+    return c
+
+
+def workload_data(args, config):
+    """A `data.Dataset` of the first CIFAR-10 training images (random ones if unavailable)."""
+    from ma2ml_jax import data
+    from ma2ml_jax.bench.augment import load_batch
+    from ma2ml_jax.data import Dataset
+
+    if args.workload == "default":
+        return data.load(config.data.source, val_size=config.data.val_size, seed=config.seed)
+
+    n_train, n_val = args.train_images, args.val_images
+    x, y, source = load_batch(n_train + n_val, args.data)
+    xt, yt = x[:n_train], y[:n_train]
+    mean = xt.reshape(-1, 3).mean(0).astype(np.float32)
+    std = xt.reshape(-1, 3).std(0).astype(np.float32)
+    return Dataset(source, xt, yt.astype(np.int32), x[n_train:], y[n_train:].astype(np.int32),
+                   x[:0], y[:0].astype(np.int32), 10, mean, std)
+
+
+# ------------------------------------------------------------------------- the naive baseline
+def make_naive_evaluator(config, dataset, space, host_augment: bool = True):
+    """One pipeline at a time; an exactly-shaped network jitted per architecture; PIL on the host.
+
+    Same data order, step keys, recipes and metrics as `evaluate.make_evaluator`.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from ma2ml_jax import cost, models, proxy
+    from ma2ml_jax.bench import pil_augment
+    from ma2ml_jax.config import steps_per_epoch
+    from ma2ml_jax.evaluate import agent_roles
+    from ma2ml_jax.spaces import augment as augment_space
+    from ma2ml_jax.spaces import recipe as recipe_space
+
+    roles = agent_roles(space)
+    ev = config.evaluate
+    kind = space[roles["arch"]].name
+    n_train = len(dataset.y_train)
+    spe = steps_per_epoch(n_train, ev.batch_size)
+    total = max(1, int(round(ev.epochs * spe)))
+
+    def evaluate(pipelines, key):
+        out = []
+        for i, p in enumerate(pipelines):
+            t0 = time.perf_counter()
+            net = models.make_network(kind, p[roles["arch"]], dataset.num_classes, config.model)
+            trainer = proxy.make_trainer(net, image_shape=dataset.image_shape,
+                                         num_classes=dataset.num_classes, mean=dataset.mean,
+                                         std=dataset.std, total_steps=total,
+                                         augment_images=not host_augment)
+            init, step = jax.jit(trainer.init), jax.jit(trainer.train_step, donate_argnums=0)
+            eval_batch = jax.jit(trainer.eval_batch)
+            hp = proxy.Hyperparams.from_recipe(
+                recipe_space.to_hparams(space[roles["hpo"]], p[roles["hpo"]]), spe)
+            aspace = space[roles["aug"]]
+            policy = augment_space.to_policy(aspace, np.asarray(aspace.encode(p[roles["aug"]])))
+            subpolicies = p[roles["aug"]]["subpolicies"]
+            k_init, k_train = jax.random.split(jax.random.fold_in(key, i + 1))
+            state = init(k_init)
+            rng = np.random.default_rng(i)
+            loss = jnp.zeros(())
+            for s in range(total):
+                epoch, j = divmod(s, spe)
+                if j == 0:
+                    perm = np.asarray(jax.random.permutation(
+                        jax.random.fold_in(jax.random.fold_in(key, 0), epoch), n_train))
+                idx = perm[j * ev.batch_size:(j + 1) * ev.batch_size]
+                images = dataset.x_train[idx]
+                if host_augment:
+                    images = pil_augment.apply_policy(images, subpolicies, rng)
+                k = jax.random.fold_in(jax.random.fold_in(k_train, epoch), j + 1)
+                # (with host augmentation the step ignores the policy)
+                state, loss = step(state, images, dataset.y_train[idx], hp, policy, k)
+            correct = 0
+            for a in range(0, len(dataset.y_val), ev.eval_batch_size):
+                xb = dataset.x_val[a:a + ev.eval_batch_size]
+                yb = dataset.y_val[a:a + ev.eval_batch_size]
+                correct += int(eval_batch(state, xb, yb, np.ones(len(yb), bool), hp.ema))
+            counted = cost.count(kind, p[roles["arch"]], dataset.num_classes, dataset.image_shape,
+                                 config.model)
+            failure = None if np.isfinite(float(loss)) else "nan_loss"
+            out.append({"accuracy": correct / len(dataset.y_val), "loss": float(loss),
+                        "flops": counted.flops, "params": counted.params, "failure": failure,
+                        "wall_time": time.perf_counter() - t0})
+        return out
+
+    return evaluate
+
+
+# ------------------------------------------------------------------------------ measurements
+class CompileCounter:
+    """Counts XLA compilations (and their seconds) through jax.monitoring."""
+
+    def __init__(self):
+        import jax
+
+        self.count, self.seconds = 0, 0.0
+
+        def listener(event, duration, **kwargs):
+            del kwargs
+            if event == "/jax/core/compile/backend_compile_duration":
+                self.count += 1
+                self.seconds += duration
+
+        jax.monitoring.register_event_duration_secs_listener(listener)
+
+    def take(self) -> tuple[int, float]:
+        out = (self.count, self.seconds)
+        self.count, self.seconds = 0, 0.0
+        return out
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matmul FLOP/s of the default device (best of `repeats`)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def peak_memory_bytes() -> tuple[float, str]:
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return float(stats["peak_bytes_in_use"]), "device peak"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0, "process peak RSS"
+
+
+def run_variant(variant: str, args) -> dict[str, Any]:
+    """Evaluates the workload's iterations with one variant; returns its measurements."""
+    os.environ.pop("MA2ML_JAX_CACHE", None)  # every variant compiles from scratch
+    import jax
+
+    from ma2ml_jax import evaluate as evaluate_lib
+    from ma2ml_jax import search
+
+    counter = CompileCounter()
+    config = workload_config(args)
+    dataset = workload_data(args, config)
+    space = search.make_pipeline_space(config.spaces)
+    if variant in ("naive", "exact"):
+        evaluate = make_naive_evaluator(config, dataset, space, host_augment=variant == "naive")
+    else:
+        strategy, _, loop = variant.partition("+")
+        config.evaluate.network = "masked"
+        config.evaluate.strategy = strategy
+        config.evaluate.step_loop = loop or "host"
+        evaluate = evaluate_lib.make_evaluator(config, dataset, space, log=print)
+    counter.take()
+    from ma2ml_jax.config import steps_per_epoch
+
+    batch = config.evaluate.batch_size
+    steps = max(1, int(round(config.evaluate.epochs * steps_per_epoch(len(dataset.y_train),
+                                                                       batch))))
+    iterations = []
+    exact = variant in ("naive", "exact")
+    for it in range(args.exact_iterations if exact else args.iterations):
+        actions = space.sample(jax.random.fold_in(jax.random.key(args.seed), it), args.pipelines)
+        pipelines = [space.decode(actions, p) for p in range(args.pipelines)]
+        t0 = time.perf_counter()
+        metrics = evaluate(pipelines, jax.random.key(1000 + it))
+        wall = time.perf_counter() - t0
+        compiles, compile_s = counter.take()
+        images = args.pipelines * steps * batch
+        # Useful work: each pipeline's own (unmasked) multiply-adds, x2 FLOPs, x3 fwd + bwd.
+        flops = sum(6.0 * m["flops"] * steps * batch
+                    + 2.0 * m["flops"] * len(dataset.y_val) for m in metrics)
+        iterations.append({"wall_s": wall, "compiles": compiles, "compile_s": compile_s,
+                           "pipelines_per_hour": args.pipelines / wall * 3600,
+                           "images_per_s": images / wall, "useful_flops_per_s": flops / wall,
+                           "accuracy": [m["accuracy"] for m in metrics],
+                           "failures": sum(1 for m in metrics if m["failure"])})
+        print(f"[{variant}] iteration {it + 1}: {wall:.1f} s, {compiles} compilations "
+              f"({compile_s:.1f} s)", flush=True)
+    memory, memory_kind = peak_memory_bytes()
+    strategy = getattr(evaluate, "strategy", lambda: variant)()
+    return {"variant": variant, "strategy": strategy, "iterations": iterations,
+            "peak_memory_bytes": memory, "memory_kind": memory_kind, "data": dataset.name,
+            "device": str(jax.devices()[0].device_kind), "num_devices": len(jax.devices())}
+
+
+# ------------------------------------------------------------------------------------- report
+def table(results: list[dict[str, Any]], peak: float) -> str:
+    """Markdown table of the variants, ratios to the naive baseline."""
+    base = next((r for r in results if r["variant"] == "naive" and "iterations" in r), None)
+
+    def pph(r, later):
+        # A variant measured for one iteration (naive / exact) costs the same in later ones.
+        its = r["iterations"][1:] if later and len(r["iterations"]) > 1 else r["iterations"][:1]
+        return sum(i["pipelines_per_hour"] for i in its) / len(its)
+
+    rows = ["| variant | pipelines/h (1st iter.) | pipelines/h (later) | x naive (later) | "
+            "images/s (later) | compilations per iter. | useful GFLOP/s (% of matmul peak) | "
+            "peak memory |", "|---" * 8 + "|"]
+    for r in results:
+        if "iterations" not in r:
+            rows.append(f"| {r['variant']} | {r.get('error', 'failed')} |" + " |" * 6)
+            continue
+        its = r["iterations"]
+        later = its[1:] or its
+        ratio = pph(r, True) / pph(base, True) if base else float("nan")
+        flops = sum(i["useful_flops_per_s"] for i in later) / len(later)
+        name = r["variant"] + (f" ({r['strategy']})" if r["strategy"] != r["variant"] else "")
+        rows.append(
+            f"| {name} | {pph(r, False):.0f} | {pph(r, True):.0f} | {ratio:.2f} | "
+            f"{sum(i['images_per_s'] for i in later) / len(later):.0f} | "
+            f"{' / '.join(str(i['compiles']) for i in its)} | "
+            f"{flops / 1e9:.2f} ({100 * flops / peak:.1f}%) | "
+            f"{r['peak_memory_bytes'] / 2**30:.2f} GiB |")
+    return "\n".join(rows)
+
+
+def parse(argv: Sequence[str] | None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
+    p.add_argument("--workload", default="cifar", choices=("cifar", "default"),
+                   help="cifar: configs/cifar10.py shortened by the flags below; default: "
+                        "configs/default.py as the README's first command runs it (digits, tiny "
+                        "macro space; only --pipelines and --epochs apply)")
+    p.add_argument("--pipelines", type=int, default=24)
+    p.add_argument("--iterations", type=int, default=2, help="iterations of masked variants")
+    p.add_argument("--exact_iterations", type=int, default=1,
+                   help="iterations of naive / exact (each compiles every new architecture, so "
+                        "later iterations cost what the first does)")
+    p.add_argument("--train_images", type=int, default=512)
+    p.add_argument("--val_images", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--cells", type=int, default=5)
+    p.add_argument("--reduction_cells", default="2,4")
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per variant")
+    p.add_argument("--data", default=os.path.join(_REPO_ROOT, "..", "shared", "data",
+                                                  "cifar10_jpeg.npz"))
+    p.add_argument("--json", default="throughput.json", help="where to write the results")
+    p.add_argument("--child", default="", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse(argv)
+    if args.child:  # one variant, in its own process
+        print("RESULT " + json.dumps(run_variant(args.child, args)), flush=True)
+        return
+    import jax
+
+    peak = matmul_peak()
+    print(f"device: {jax.devices()[0].device_kind} x{len(jax.devices())}, float32 matmul peak "
+          f"{peak / 1e9:.1f} GFLOP/s; workload: {args.pipelines} pipelines x {args.iterations} "
+          f"iterations, {args.cells} cells of {args.channels} channels, {args.train_images} "
+          f"training images x {args.epochs} epochs, batch {args.batch_size}", flush=True)
+    results = []
+    forwarded = [a for a in (argv if argv is not None else sys.argv[1:])
+                 if not a.startswith(("--variants", "--json"))]
+    for variant in args.variants.split(","):
+        cmd = [sys.executable, "-m", "ma2ml_jax.bench.throughput", f"--child={variant}",
+               *forwarded]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
+                                  cwd=_REPO_ROOT)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            for ln in proc.stdout.splitlines():
+                if not ln.startswith("RESULT "):
+                    print(ln, flush=True)
+            if lines:
+                results.append(json.loads(lines[-1][len("RESULT "):]))
+            else:
+                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                results.append({"variant": variant, "error": f"failed: {tail[:80]}"})
+        except subprocess.TimeoutExpired:
+            results.append({"variant": variant, "error": f"over {args.timeout:.0f} s"})
+    print(table(results, peak), flush=True)
+    with open(args.json, "w") as f:
+        json.dump({"matmul_peak_flops": peak, "args": vars(args), "results": results}, f,
+                  indent=1)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

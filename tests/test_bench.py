@@ -1,0 +1,61 @@
+"""The throughput benchmark's pieces: PIL host augmentation (the naive baseline) and its table."""
+
+import numpy as np
+import pytest
+
+from ma2ml_jax.bench import pil_augment, throughput
+
+
+def images(channels=3, n=4):
+    return np.random.default_rng(0).integers(0, 256, (n, 8, 10, channels), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pil_policy_with_probability_zero_is_the_identity(channels):
+    x = images(channels)
+    policy = [[{"op": "Rotate", "prob": 0.0, "magnitude": 9},
+               {"op": "Invert", "prob": 0.0, "magnitude": 0}]]
+    np.testing.assert_array_equal(pil_augment.apply_policy(x, policy, np.random.default_rng(0)),
+                                  x)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pil_policy_applies_its_ops_in_order(channels):
+    x = images(channels)
+    # Invert then Solarize at level 5 (threshold 128): every value >= 128 after inversion flips.
+    policy = [[{"op": "Invert", "prob": 1.0, "magnitude": 0},
+               {"op": "Solarize", "prob": 1.0, "magnitude": 5}]]
+    inv = 255 - x.astype(np.int64)
+    want = np.where(inv >= 128, 255 - inv, inv)
+    got = pil_augment.apply_policy(x, policy, np.random.default_rng(0))
+    assert got.dtype == np.uint8 and got.shape == x.shape
+    np.testing.assert_array_equal(got, want)
+
+
+def test_pil_policy_draws_one_subpolicy_per_image():
+    x = images(3, n=64)
+    policy = [[{"op": "Invert", "prob": 1.0, "magnitude": 0}] * 2,  # twice: the identity
+              [{"op": "Invert", "prob": 1.0, "magnitude": 0},
+               {"op": "Posterize", "prob": 0.0, "magnitude": 0}]]
+    got = pil_augment.apply_policy(x, policy, np.random.default_rng(1))
+    same = (got == x).all(axis=(1, 2, 3))
+    inverted = (got == 255 - x).all(axis=(1, 2, 3))
+    assert (same | inverted).all() and 10 < same.sum() < 54
+
+
+def test_table_reports_ratios_to_the_naive_baseline():
+    def result(variant, pph, compiles):
+        its = [{"pipelines_per_hour": p, "images_per_s": 10.0, "useful_flops_per_s": 2e9,
+                "compiles": c} for p, c in zip(pph, compiles)]
+        return {"variant": variant, "strategy": variant, "iterations": its,
+                "peak_memory_bytes": 2**30}
+
+    text = throughput.table([result("naive", [100, 120], [24, 24]),
+                             result("loop", [50, 360], [3, 0]),
+                             {"variant": "vmap", "error": "over 60 s"}], peak=1e10)
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]]
+            for r in text.splitlines()[2:]}
+    assert rows["loop"][:3] == ["50", "360", "3.00"]
+    assert rows["loop"][4] == "3 / 0" and rows["loop"][5] == "2.00 (20.0%)"
+    assert rows["naive"][2] == "1.00"
+    assert rows["vmap"][0] == "over 60 s"
