@@ -16,7 +16,7 @@ from ma2ml_jax.errors import ConfigError, choices
 
 ALGORITHMS = ("random",)
 REWARDS = ("accuracy", "mnas", "linear")
-NETWORKS = ("masked", "exact")
+NETWORKS = ("auto", "masked", "exact")
 STRATEGIES = ("auto", "loop", "unrolled", "vmap", "map")
 STEP_LOOPS = ("host", "scan")
 SPACE_KINDS = ("augment", "macro", "cell", "recipe")
@@ -55,12 +55,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.evaluate.eval_batch_size = 512
     c.evaluate.loss_threshold = 1e3  # a training loss above this (or NaN) fails the pipeline
     # masked: one max-size network for every architecture, one compiled program per resolution;
-    # exact: an exactly-shaped network compiled per architecture (the reference).
-    c.evaluate.network = "masked"
+    # exact: an exactly-shaped network compiled per architecture (the reference); auto: masked,
+    # but exact for the cell space on CPU (evaluate.resolve_network says why, measured).
+    c.evaluate.network = "auto"
     # How the pipelines of an iteration are trained (masked networks): loop (one at a time),
     # unrolled (the local pipelines traced into one program), vmap, map (lax.map in chunks of
-    # map_chunk), sharded over devices; auto: time one chunk of each at start-up, keep the best.
-    c.evaluate.strategy = "loop"
+    # map_chunk), sharded over devices; auto: "loop" on CPU (measured fastest there), else
+    # time one chunk of each at start-up and keep the fastest (evaluate.auto_candidates).
+    c.evaluate.strategy = "auto"
     c.evaluate.map_chunk = 1
     # Across steps: host (a jitted call per steps_per_call steps) or scan (an epoch in a lax.scan).
     c.evaluate.step_loop = "host"

@@ -36,8 +36,6 @@ from ma2ml_jax.spaces import recipe as recipe_space
 Metrics = dict[str, Any]
 # The recipe used when no agent searches the training recipe.
 DEFAULT_RECIPE = {"optimizer": 0, "learning_rate": 0.05, "weight_decay": 5e-4}
-# What `evaluate.strategy = "auto"` measures (each compiles once: the measurement's price).
-AUTO_CANDIDATES = ("loop", "unrolled", "vmap", "map")
 
 
 def agent_roles(space: PipelineSpace) -> dict[str, str | None]:
@@ -69,7 +67,7 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
     val_batches = list(zip(*_padded_batches(dataset.x_val, dataset.y_val, ev.eval_batch_size)))
     compiled: dict[Any, sharded.Programs] = {}
     arch_space = space[roles["arch"]]
-    masked = ev.network == "masked"
+    masked = resolve_network(ev.network, arch_kind, jax.default_backend()) == "masked"
     n_epochs = int(np.ceil(total / spe))
     # scan: an epoch per call; host: `steps_per_call` steps per call (never more than an epoch).
     steps_per_call = spe if ev.step_loop == "scan" else min(ev.steps_per_call, spe)
@@ -190,7 +188,12 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
             scale = len(members) if strategy == "loop" else 1
             return lambda: scale * time_one_chunk(progs, group, key)
 
-        return pick_fastest({s: timer(s) for s in AUTO_CANDIDATES}, log,
+        candidates = auto_candidates(jax.default_backend(), len(jax.devices()))
+        if len(candidates) == 1:
+            log(f"evaluate.strategy=auto: {candidates[0]!r} on {jax.default_backend()} "
+                "(docs/BENCHMARKS.md)")
+            return candidates[0]
+        return pick_fastest({s: timer(s) for s in candidates}, log,
                             f"one chunk of {steps_per_call} steps of {len(members)} pipelines")
 
     def time_one_chunk(progs, members, key) -> float:
@@ -232,6 +235,33 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
 
     evaluate.strategy = lambda: chosen["strategy"]  # the strategy in use (after "auto" chose)
     return evaluate
+
+
+def resolve_network(network: str, arch_kind: str, backend: str) -> str:
+    """"masked" or "exact" for `evaluate.network` ("auto" decides by space and backend).
+
+    auto: the masked network, but for the cell space on CPU. There its op choice is a
+    `lax.switch`, and XLA:CPU runs convolutions inside control flow ~20x slower than outside
+    (jax-ml/jax#12868; a 10-conv chain, forward + backward: 122 ms plain, 2,457 ms in a
+    switch), so a masked cell step cost 4.3x an exact one (5.3 s vs 1.23 s, 2 cells, batch 64)
+    and its program took ~7 minutes to compile: per-architecture exact networks are faster.
+    """
+    if network != "auto":
+        return network
+    return "exact" if arch_kind == "cell" and backend == "cpu" else "masked"
+
+
+def auto_candidates(backend: str, num_devices: int) -> tuple[str, ...]:
+    """The strategies `evaluate.strategy = "auto"` times (each compiles once: its price).
+
+    On CPU only "loop": it was the fastest in bench/throughput.py on this project's CPU, and CPU
+    "devices" share the same cores. On accelerators every strategy but "loop" when there are
+    several devices ("loop" trains on one device only).
+    """
+    if backend == "cpu":
+        return ("loop",)
+    sharded_ones = ("unrolled", "vmap", "map")
+    return sharded_ones if num_devices > 1 else ("loop",) + sharded_ones
 
 
 def pick_fastest(timers: Mapping[str, Callable[[], float]], log: Callable[[str], Any],

@@ -59,3 +59,16 @@ def test_table_reports_ratios_to_the_naive_baseline():
     assert rows["loop"][4] == "3 / 0" and rows["loop"][5] == "2.00 (20.0%)"
     assert rows["naive"][2] == "1.00"
     assert rows["vmap"][0] == "over 60 s"
+
+
+@pytest.mark.slow  # two compiles of the default network: ~1-2 minutes on 2 CPU cores
+def test_throughput_benchmark_runs(tmp_path):
+    out = tmp_path / "t.json"
+    throughput.main(["--workload=default", "--variants=naive,loop", "--pipelines=2",
+                     "--iterations=2", "--exact_iterations=1", "--epochs=1", f"--json={out}"])
+    import json
+    results = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
+    assert [i["compiles"] for i in results["loop"]["iterations"]][1] == 0
+    assert results["naive"]["iterations"][0]["compiles"] >= 2  # every architecture compiles
+    assert all(0 <= a <= 1 for r in results.values() for i in r["iterations"]
+               for a in i["accuracy"])

@@ -40,3 +40,18 @@ def test_bad_evaluation_settings_are_named(key, value, message):
     c.evaluate[key] = value
     with pytest.raises(ConfigError, match=message):
         config_lib.validate(c)
+
+
+@pytest.mark.parametrize("network, kind, backend, want", [
+    ("auto", "macro", "cpu", "masked"), ("auto", "cell", "cpu", "exact"),
+    ("auto", "cell", "gpu", "masked"), ("masked", "cell", "cpu", "masked"),
+    ("exact", "macro", "tpu", "exact"),
+])
+def test_resolve_network(network, kind, backend, want):
+    assert evaluate.resolve_network(network, kind, backend) == want
+
+
+def test_auto_candidates():
+    assert evaluate.auto_candidates("cpu", 4) == ("loop",)
+    assert evaluate.auto_candidates("gpu", 1) == ("loop", "unrolled", "vmap", "map")
+    assert "loop" not in evaluate.auto_candidates("tpu", 8)

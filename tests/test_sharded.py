@@ -227,10 +227,10 @@ def test_evaluator_strategies_agree():
     actions = space.sample(jax.random.key(0), 3)
     pipelines = [space.decode(actions, i) for i in range(3)]
     results = {}
-    for strategy in ("loop", "unrolled"):
+    for strategy in ("loop", "unrolled", "map"):
         c.evaluate.strategy = strategy
         results[strategy] = evaluate.make_evaluator(c, d, space)(pipelines, jax.random.key(1))
-    for a, b in zip(results["loop"], results["unrolled"]):
+    for a, b in [ab for s in ("unrolled", "map") for ab in zip(results["loop"], results[s])]:
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
         assert abs(a["accuracy"] - b["accuracy"]) <= 1 / 64
         assert (a["flops"], a["params"], a["failure"]) == (b["flops"], b["params"], b["failure"])

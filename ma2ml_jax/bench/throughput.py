@@ -12,10 +12,12 @@ Every variant evaluates the same pipelines (the same seeds), for `--iterations` 
 Variants (each in its own process, so compile caches and peak memory are its own):
   naive      what a straightforward port would write: one pipeline at a time, an exactly-shaped
              network compiled per architecture, AutoAugment on the host with PIL.
-  exact      the same, but augmentation inside the jitted step on the device.
+  exact      the same, but augmentation inside the jitted step on the device, and depthwise
+             convolutions as shifted multiply-adds on CPU (`models/macro_masked.depthwise_taps`).
   STRATEGY[+scan]  the masked network (one program for every architecture) with the pipelines
              trained by a `sharded.py` strategy (loop, unrolled, vmap, map), steps by a host loop
              (default) or `+scan` (an epoch in one lax.scan).
+  auto       the project's default: `evaluate.network = "auto"`, `evaluate.strategy = "auto"`.
 
 Printed per variant: pipelines per hour and training images per second (first iteration, with
 compilation; and the later ones), the ratio of each to the naive baseline, compilations in each
@@ -40,7 +42,7 @@ from typing import Any
 import numpy as np
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_VARIANTS = ("naive", "exact", "loop", "loop+scan", "map", "unrolled", "vmap")
+DEFAULT_VARIANTS = ("naive", "exact", "auto", "loop", "loop+scan", "map", "unrolled", "vmap")
 
 
 # ------------------------------------------------------------------------------- the workload
@@ -114,6 +116,8 @@ def make_naive_evaluator(config, dataset, space, host_augment: bool = True):
         for i, p in enumerate(pipelines):
             t0 = time.perf_counter()
             net = models.make_network(kind, p[roles["arch"]], dataset.num_classes, config.model)
+            if host_augment and hasattr(net, "depthwise_impl"):
+                net = net.clone(depthwise_impl="conv")  # a port uses XLA's grouped convolution
             trainer = proxy.make_trainer(net, image_shape=dataset.image_shape,
                                          num_classes=dataset.num_classes, mean=dataset.mean,
                                          std=dataset.std, total_steps=total,
@@ -221,7 +225,8 @@ def run_variant(variant: str, args) -> dict[str, Any]:
         evaluate = make_naive_evaluator(config, dataset, space, host_augment=variant == "naive")
     else:
         strategy, _, loop = variant.partition("+")
-        config.evaluate.network = "masked"
+        # "auto" is the project's default: network and strategy chosen by evaluate.py.
+        config.evaluate.network = "auto" if strategy == "auto" else "masked"
         config.evaluate.strategy = strategy
         config.evaluate.step_loop = loop or "host"
         evaluate = evaluate_lib.make_evaluator(config, dataset, space, log=print)
@@ -279,7 +284,7 @@ def table(results: list[dict[str, Any]], peak: float) -> str:
         later = its[1:] or its
         ratio = pph(r, True) / pph(base, True) if base else float("nan")
         flops = sum(i["useful_flops_per_s"] for i in later) / len(later)
-        name = r["variant"] + (f" ({r['strategy']})" if r["strategy"] != r["variant"] else "")
+        name = r["variant"] + (f" ({r['strategy']})" if r["variant"] == "auto" else "")
         rows.append(
             f"| {name} | {pph(r, False):.0f} | {pph(r, True):.0f} | {ratio:.2f} | "
             f"{sum(i['images_per_s'] for i in later) / len(later):.0f} | "
@@ -326,10 +331,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     import jax
 
     peak = matmul_peak()
+    if args.workload == "cifar":
+        what = (f"CIFAR-10 cell setting, {args.cells} cells of {args.channels} channels, "
+                f"{args.train_images} training images x {args.epochs} epochs, batch "
+                f"{args.batch_size}")
+    else:
+        what = f"configs/default.py (digits, tiny macro space), {args.epochs} epochs"
     print(f"device: {jax.devices()[0].device_kind} x{len(jax.devices())}, float32 matmul peak "
           f"{peak / 1e9:.1f} GFLOP/s; workload: {args.pipelines} pipelines x {args.iterations} "
-          f"iterations, {args.cells} cells of {args.channels} channels, {args.train_images} "
-          f"training images x {args.epochs} epochs, batch {args.batch_size}", flush=True)
+          f"iterations ({args.exact_iterations} for naive/exact), {what}", flush=True)
     results = []
     forwarded = [a for a in (argv if argv is not None else sys.argv[1:])
                  if not a.startswith(("--variants", "--json"))]
