@@ -14,7 +14,7 @@ import ml_collections
 
 from ma2ml_jax.errors import ConfigError, choices
 
-ALGORITHMS = ("random",)
+ALGORITHMS = ("random", "tpe")
 REWARDS = ("accuracy", "mnas", "linear")
 NETWORKS = ("auto", "masked", "exact")
 STRATEGIES = ("auto", "loop", "unrolled", "vmap", "map")
@@ -44,7 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.spaces.hpo = ml_collections.ConfigDict({"kind": "recipe", "variant": "tiny"})
 
     c.search = ml_collections.ConfigDict()
-    c.search.algorithm = "random"
+    c.search.algorithm = "random"  # random | tpe (Optuna's TPE)
     c.search.iterations = 5  # search iterations (batches of pipelines)
     c.search.pipelines = 8  # P: pipelines sampled and evaluated per iteration
 

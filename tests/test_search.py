@@ -9,8 +9,9 @@ from ma2ml_jax import search
 from ma2ml_jax.errors import ConfigError, UserError
 
 
-def _config(iterations=3, pipelines=4, seed=0):
+def _config(iterations=3, pipelines=4, seed=0, algorithm="random"):
     c = config_lib.base_config()
+    c.search.algorithm = algorithm
     c.search.iterations = iterations
     c.search.pipelines = pipelines
     c.seed = seed
@@ -54,10 +55,11 @@ def test_run_with_objective_logs_every_pipeline(tmp_path):
     assert "Best pipeline of 12 evaluated" in search.summary(result)
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
-    c5 = _config(iterations=5)
+@pytest.mark.parametrize("algorithm", config_lib.ALGORITHMS)
+def test_resume_equals_uninterrupted_run(tmp_path, algorithm):
+    c5 = _config(iterations=5, algorithm=algorithm)
     full = search.run(c5, str(tmp_path / "full"), objective=_objective_for(c5), progress=False)
-    c3 = _config(iterations=3)
+    c3 = _config(iterations=3, algorithm=algorithm)
     search.run(c3, str(tmp_path / "resumed"), objective=_objective_for(c3), progress=False)
     # Simulate a kill in the middle of iteration 3: a partial iteration and a torn last line.
     with open(tmp_path / "resumed" / search.TRIALS, "a") as f:
@@ -107,7 +109,7 @@ def test_unwritable_workdir(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("search.algorithm", "bayes", "search.algorithm='bayes' is not one of 'random'"),
+    ("search.algorithm", "bayes", "search.algorithm='bayes' is not one of 'random' or 'tpe'"),
     ("search.pipelines", 0, "search.pipelines=0 must be >= 1"),
 ])
 def test_bad_config_values(tmp_path, key, value, message):

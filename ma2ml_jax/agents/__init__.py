@@ -18,4 +18,8 @@ def make_searcher(config: ml_collections.ConfigDict, space: PipelineSpace) -> Se
     algorithm = config.search.algorithm
     if algorithm == "random":
         return make_random_search(space, config.search.pipelines)
+    if algorithm == "tpe":
+        from ma2ml_jax.agents.tpe import make_tpe
+
+        return make_tpe(space, config.search.pipelines)
     raise ConfigError(f"search.algorithm={algorithm!r} is not one of {choices(ALGORITHMS)}")
