@@ -55,8 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.evaluate.eval_batch_size = 512
     c.evaluate.loss_threshold = 1e3  # a training loss above this (or NaN) fails the pipeline
     # masked: one max-size network for every architecture, one compiled program per resolution;
-    # exact: an exactly-shaped network compiled per architecture (the reference); auto: masked,
-    # but exact for the cell space on CPU (evaluate.resolve_network says why, measured).
+    # exact: an exactly-shaped network compiled per architecture (the reference); auto: masked
+    # (evaluate.resolve_network gives the measured trade-off).
     c.evaluate.network = "auto"
     # How the pipelines of an iteration are trained (masked networks): loop (one at a time),
     # unrolled (the local pipelines traced into one program), vmap, map (lax.map in chunks of

@@ -238,17 +238,16 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
 
 
 def resolve_network(network: str, arch_kind: str, backend: str) -> str:
-    """"masked" or "exact" for `evaluate.network` ("auto" decides by space and backend).
+    """"masked" or "exact" for `evaluate.network`; "auto" is the masked network.
 
-    auto: the masked network, but for the cell space on CPU. There its op choice is a
-    `lax.switch`, and XLA:CPU runs convolutions inside control flow ~20x slower than outside
-    (jax-ml/jax#12868; a 10-conv chain, forward + backward: 122 ms plain, 2,457 ms in a
-    switch), so a masked cell step cost 4.3x an exact one (5.3 s vs 1.23 s, 2 cells, batch 64)
-    and its program took ~7 minutes to compile: per-architecture exact networks are faster.
+    Measured on CPU (docs/BENCHMARKS.md, CIFAR cell workload): a masked cell step costs ~4.3x an
+    exact one (XLA:CPU runs convolutions inside `lax.switch` ~20x slower, jax-ml/jax#12868), but
+    the exact networks pay a compile per architecture, so with short proxies the masked network
+    was 2.2x the naive port from the second iteration on, the exact ones 0.55x. With proxies of
+    thousands of steps per pipeline, `--config.evaluate.network=exact` can win on CPU.
     """
-    if network != "auto":
-        return network
-    return "exact" if arch_kind == "cell" and backend == "cpu" else "masked"
+    del arch_kind, backend
+    return "masked" if network == "auto" else network
 
 
 def auto_candidates(backend: str, num_devices: int) -> tuple[str, ...]:
