@@ -1,0 +1,253 @@
+"""MA2ML: multi-agent actor-critic with counterfactual credit and a KL-regularized target policy.
+
+One agent per ML module (AUG, NAS, HPO), each with its own policy pi_i (factorized or
+autoregressive, `agents.policy`) and target policy rho_i. Per iteration (Algorithm 1 of the paper):
+`ask` samples P pipelines from the current policies; `tell` stores them with their rewards in the
+replay buffer and runs `updates` update steps, each one jitted function (`update_step`):
+
+1. critic, equation (11): Q_phi(S, A) regressed onto standardized rewards of a replay mini-batch;
+2. actors, equations (12)-(13): for actor actions A (see `actor_actions`),
+       adv_i = [Q(S, A) - lam * log(pi_i / rho_i)(A_i)] - b_i,
+       b_i   = E_{A_i' ~ pi_i}[Q(S, A_i', A_-i)] - lam * KL(pi_i || rho_i),
+   the expectation estimated with K alternatives A_i' ~ pi_i per agent and per actor action: the
+   agents x K x batch joint actions are scored in ONE vmapped critic call. KL is exact for the
+   factorized policy, the K-sample estimate E[log(pi_i/rho_i)(A_i')] for the autoregressive one.
+   Gradient: -mean_B sum_i stop_grad(adv_i) * grad log pi_i(A_i);
+3. targets, equation (14): rho_i <- (1 - tau) rho_i + tau pi_i.
+
+Where the actor's actions come from, the paper leaves open; `actor_actions` selects:
+  "replay": the actions of a replay mini-batch (what was evaluated, possibly by older policies);
+  "fresh":  actions sampled from the current policies and scored by the critic. The critic is what
+            makes learning off-policy; the policy-gradient estimate is then on-policy in A.
+`on_policy=True` is the paper's on-policy ablation: every mini-batch is drawn from the pipelines
+of the latest `tell` only (the replay buffer still stores all, but the learner sees only those).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ma2ml_jax.agents.base import Searcher
+from ma2ml_jax.agents.critic import critic_loss, make_critic
+from ma2ml_jax.agents.normalize import RunningStats, finite_rewards, standardize, update_stats
+from ma2ml_jax.agents.policy import POLICIES, make_policy
+from ma2ml_jax.agents.replay import ReplayState, make_replay
+from ma2ml_jax.spaces import PipelineSpace
+
+ACTOR_ACTIONS = ("fresh", "replay")
+
+
+class MA2MLState(NamedTuple):
+    policy: Any  # {agent: policy params}: pi
+    target: Any  # {agent: policy params}: rho, the Polyak average of pi (14)
+    critic: Any  # critic params phi
+    actor_opt: Any
+    critic_opt: Any
+    replay: ReplayState  # items {"tokens": {agent: int32[n]}, "reward": float32[]} (raw rewards)
+    stats: RunningStats  # of every reward told, for standardization
+    key: jax.Array  # drives the updates (tell takes no key)
+    last_batch: jax.Array  # int32[]: items added by the latest tell (the on-policy window)
+    iteration: jax.Array  # int32[]
+
+
+class MA2MLConfig(NamedTuple):
+    """Every hyper-parameter of MA2ML (config keys `ma2ml.*`; defaults: docs/BENCHMARKS.md)."""
+
+    policy: str = "factorized"  # factorized | autoregressive
+    hidden: int = 64  # autoregressive controller width
+    lam: float = 0.1  # lambda: weight of log(pi/rho), the brake on how far pi moves
+    tau: float = 0.1  # Polyak rate of the target policies (14)
+    num_alternatives: int = 8  # K: samples of A_i' per agent in the baseline (12)
+    actor_lr: float = 0.05
+    critic_lr: float = 3e-3
+    updates: int = 10  # update steps per iteration (tell)
+    critic_batch: int = 64
+    actor_batch: int = 32
+    actor_actions: str = "fresh"  # fresh | replay
+    critic_hidden: tuple = (64, 64)
+    replay_capacity: int = 4096
+    entropy: float = 0.0  # optional entropy bonus (0 = the paper's objective)
+    on_policy: bool = False
+
+    def check(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"ma2ml.policy={self.policy!r} is not one of {list(POLICIES)}")
+        if self.actor_actions not in ACTOR_ACTIONS:
+            raise ValueError(f"ma2ml.actor_actions={self.actor_actions!r} is not one of "
+                             f"{list(ACTOR_ACTIONS)}")
+        for name in ("num_alternatives", "updates", "critic_batch", "actor_batch",
+                     "replay_capacity"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ma2ml.{name}={getattr(self, name)} must be >= 1")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"ma2ml.tau={self.tau} must be in (0, 1]")
+        if self.lam < 0 or self.actor_lr <= 0 or self.critic_lr <= 0:
+            raise ValueError("ma2ml.lam must be >= 0 and the learning rates > 0")
+
+
+def counterfactual_baseline(critic_apply, policies, params, target, actions, alternatives,
+                            lam: float):
+    """Equation (12) for every agent, with all agents x K x B critic calls in one vmapped call.
+
+    Args:
+      critic_apply: {agent: int[..., n]} -> Q[...] (critic params already bound).
+      policies: {agent: Policy}; params / target: their pi and rho parameters.
+      actions: the joint actions A, {agent: int32[B, n_agent]}.
+      alternatives: A_i' ~ pi_i, {agent: int32[K, B, n_agent]}.
+      lam: lambda.
+
+    Returns:
+      float32[n_agents, B]: b_i(S, A_-i) in the order of `policies`.
+    """
+    agents = tuple(policies)
+    k, b = next(iter(alternatives.values())).shape[:2]
+    joint = {j: jnp.stack([alternatives[j] if i == j else
+                           jnp.broadcast_to(actions[j], (k, b) + actions[j].shape[1:])
+                           for i in agents]) for j in agents}  # [agents, K, B, n_j]
+    flat = {j: x.reshape((-1,) + x.shape[3:]) for j, x in joint.items()}
+    q = jax.vmap(critic_apply)(flat).reshape(len(agents), k, b)
+    out = []
+    for i, a in enumerate(agents):
+        pol = policies[a]
+        if pol.factorized:  # exact KL(pi_i || rho_i), the same for every action
+            kl = pol.kl(params[a], target[a], alternatives[a][0])
+        else:  # unbiased: E_{A_i' ~ pi_i}[log pi_i - log rho_i]
+            kl = (pol.log_prob(params[a], alternatives[a])
+                  - pol.log_prob(target[a], alternatives[a])).mean(0)
+        out.append(q[i].mean(0) - lam * kl)
+    return jnp.stack(out)
+
+
+class MA2ML(NamedTuple):
+    """The searcher and its parts (for tests and benchmarks)."""
+
+    searcher: Searcher
+    update_step: Any  # jitted (state, key) -> (state, metrics): (11), (13), (14) once
+    policies: dict
+    critic: Any
+    replay: Any
+
+
+def actor_surrogate(policies, params, current, target, q_apply, actions, alternatives,
+                    lam: float, entropy: float = 0.0):
+    """The loss whose gradient in `params` is minus the policy gradient (13) of every agent.
+
+    Args:
+      policies: {agent: Policy}; params: the parameters differentiated (equal to `current`);
+        current / target: pi and rho, for the advantage (no gradient flows through them).
+      q_apply: the critic, {agent: int[..., n]} -> Q[...].
+      actions: actor actions A, {agent: int32[B, n]}; alternatives: {agent: int32[K, B, n]} ~ pi.
+      lam: lambda; entropy: optional entropy bonus weight.
+
+    Returns:
+      (loss, (advantage float32[agents, B], log_ratio float32[agents, B])).
+    """
+    agents = tuple(policies)
+    q = q_apply(actions)
+    baseline = counterfactual_baseline(q_apply, policies, current, target, actions,
+                                       alternatives, lam)
+    log_ratio = jnp.stack([policies[a].log_prob(current[a], actions[a])
+                           - policies[a].log_prob(target[a], actions[a]) for a in agents])
+    advantage = jax.lax.stop_gradient(q[None] - lam * log_ratio - baseline)  # [agents, B]
+    logp = jnp.stack([policies[a].log_prob(params[a], actions[a]) for a in agents])
+    loss = -(advantage * logp).mean(1).sum()
+    if entropy:
+        loss -= entropy * sum(policies[a].entropy(params[a], actions[a]).mean() for a in agents)
+    return loss, (advantage, log_ratio)
+
+
+def make_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig = MA2MLConfig()
+               ) -> Searcher:
+    """MA2ML over `space`, `num_pipelines` pipelines per iteration."""
+    return build_ma2ml(space, num_pipelines, config).searcher
+
+
+def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig = MA2MLConfig()
+                ) -> MA2ML:
+    """`make_ma2ml`, returning the searcher with its policies, critic, replay and update step."""
+    config.check()
+    if num_pipelines < 1:
+        raise ValueError(f"num_pipelines must be >= 1, got {num_pipelines}")
+    agents = space.agents
+    policies = {a: make_policy(space[a], config.policy, config.hidden) for a in agents}
+    critic = make_critic(space, config.critic_hidden)
+    replay = make_replay(config.replay_capacity)
+    actor_tx = optax.adam(config.actor_lr)
+    critic_tx = optax.adam(config.critic_lr)
+    lam, K = config.lam, config.num_alternatives
+
+    def init(key):
+        k_pol, k_critic, k_state = jax.random.split(key, 3)
+        params = {a: policies[a].init(jax.random.fold_in(k_pol, i)) for i, a in enumerate(agents)}
+        phi = critic.init(k_critic)
+        example = {"tokens": {a: jnp.zeros((space[a].n_decisions,), jnp.int32) for a in agents},
+                   "reward": jnp.zeros((), jnp.float32)}
+        return MA2MLState(params, params, phi, actor_tx.init(params), critic_tx.init(phi),
+                          replay.init(example), RunningStats.zeros(), k_state,
+                          jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+    def sample_joint(params, key, num):
+        return {a: policies[a].sample(params[a], jax.random.fold_in(key, i), num)
+                for i, a in enumerate(agents)}
+
+    @jax.jit
+    def ask(state, key):
+        return sample_joint(state.policy, key, num_pipelines), state
+
+    def update_step(state: MA2MLState, key) -> tuple[MA2MLState, dict[str, jax.Array]]:
+        """One critic step (11), one step of every actor (13), one Polyak step (14)."""
+        k_critic, k_actor, k_alt = jax.random.split(key, 3)
+        window = state.last_batch if config.on_policy else None
+        # (11) critic on standardized rewards.
+        batch = replay.sample(state.replay, k_critic, config.critic_batch, window)
+        target_r = standardize(state.stats, batch["reward"])
+        loss_q, grads = jax.value_and_grad(
+            lambda phi: critic_loss(critic, phi, batch["tokens"], target_r))(state.critic)
+        updates, critic_opt = critic_tx.update(grads, state.critic_opt, state.critic)
+        phi = optax.apply_updates(state.critic, updates)
+
+        # (12)-(13) actors.
+        if config.actor_actions == "replay":
+            actions = replay.sample(state.replay, k_actor, config.actor_batch, window)["tokens"]
+        else:
+            actions = sample_joint(state.policy, k_actor, config.actor_batch)
+        alternatives = {a: x.reshape((K, config.actor_batch, -1)) for a, x in
+                        sample_joint(state.policy, k_alt, K * config.actor_batch).items()}
+        q_apply = lambda toks: critic.apply(phi, toks)  # noqa: E731
+        (_, (advantage, log_ratio)), grads = jax.value_and_grad(
+            lambda params: actor_surrogate(policies, params, state.policy, state.target, q_apply,
+                                           actions, alternatives, lam, config.entropy),
+            has_aux=True)(state.policy)
+        updates, actor_opt = actor_tx.update(grads, state.actor_opt, state.policy)
+        params = optax.apply_updates(state.policy, updates)
+        # (14) target policies.
+        target = jax.tree.map(lambda r, p: (1 - config.tau) * r + config.tau * p,
+                              state.target, params)
+        metrics = {"critic_loss": loss_q, "advantage_std": advantage.std(),
+                   "kl": log_ratio.mean()}
+        return state._replace(policy=params, target=target, critic=phi, actor_opt=actor_opt,
+                              critic_opt=critic_opt), metrics
+
+    def _tell(state, actions, rewards):
+        rewards = finite_rewards(rewards)
+        n = rewards.shape[0]
+        state = state._replace(
+            replay=replay.add(state.replay, {"tokens": actions, "reward": rewards}),
+            stats=update_stats(state.stats, rewards), last_batch=jnp.asarray(n, jnp.int32))
+        key, sub = jax.random.split(state.key)
+        state, metrics = jax.lax.scan(update_step, state, jax.random.split(sub, config.updates))
+        metrics = jax.tree.map(lambda m: m[-1], metrics)
+        metrics["mean_reward"] = rewards.mean()
+        return state._replace(key=key, iteration=state.iteration + 1), metrics
+
+    tell_jit = jax.jit(_tell, donate_argnums=0)
+
+    def tell(state, actions, rewards):
+        actions = {a: jnp.asarray(actions[a], jnp.int32) for a in agents}
+        return tell_jit(state, actions, jnp.asarray(rewards, jnp.float32))
+
+    return MA2ML(Searcher(init, ask, tell), jax.jit(update_step), policies, critic, replay)
