@@ -14,7 +14,9 @@ import ml_collections
 
 from ma2ml_jax.errors import ConfigError, choices
 
-ALGORITHMS = ("random", "tpe")
+ALGORITHMS = ("random", "tpe", "ma2ml", "ma2ml_onpolicy", "lite")
+# Searchers whose ask is pure and whose tell takes any batch size (agents.repeats).
+REPEAT_AWARE = ("random", "ma2ml", "ma2ml_onpolicy", "lite")
 REWARDS = ("accuracy", "mnas", "linear")
 NETWORKS = ("auto", "masked", "exact")
 STRATEGIES = ("auto", "loop", "unrolled", "vmap", "map")
@@ -44,9 +46,39 @@ def base_config() -> ml_collections.ConfigDict:
     c.spaces.hpo = ml_collections.ConfigDict({"kind": "recipe", "variant": "tiny"})
 
     c.search = ml_collections.ConfigDict()
-    c.search.algorithm = "random"  # random | tpe (Optuna's TPE)
+    # ma2ml | ma2ml_onpolicy | lite (MA2ML-Lite) | random | tpe (Optuna's TPE)
+    c.search.algorithm = "random"
     c.search.iterations = 5  # search iterations (batches of pipelines)
     c.search.pipelines = 8  # P: pipelines sampled and evaluated per iteration
+    # Replace an asked pipeline whose reward is known (evaluated before, or twice in a batch) by a
+    # fresh sample, and tell the learner the known reward (agents.repeats; random, ma2ml*, lite).
+    c.search.avoid_repeats = True
+    c.search.repeat_rounds = 10  # asks for replacements before a repeat is evaluated again
+
+    # MA2ML (agents.ma2ml; docs/BENCHMARKS.md has the sweep behind these defaults).
+    c.ma2ml = ml_collections.ConfigDict()
+    c.ma2ml.policy = "factorized"  # factorized | autoregressive (a GRU controller)
+    c.ma2ml.hidden = 64  # autoregressive controller width
+    c.ma2ml.lam = 0.1  # lambda: weight of log(pi/rho) (12)-(13), the brake on policy moves
+    c.ma2ml.tau = 0.1  # Polyak rate of the target policies (14)
+    c.ma2ml.num_alternatives = 8  # K: alternative actions per agent in the baseline (12)
+    c.ma2ml.actor_lr = 0.05
+    c.ma2ml.critic_lr = 3e-3
+    c.ma2ml.updates = 10  # update steps (critic, actors, targets) per iteration
+    c.ma2ml.critic_batch = 64
+    c.ma2ml.actor_batch = 32
+    c.ma2ml.actor_actions = "fresh"  # fresh (sampled from pi, scored by the critic) | replay
+    c.ma2ml.critic_hidden = (64, 64)
+    c.ma2ml.replay_capacity = 4096
+    c.ma2ml.entropy = 0.0  # entropy bonus (0: the paper's objective)
+
+    # MA2ML-Lite (agents.lite): per-agent REINFORCE, EMA reward baseline.
+    c.lite = ml_collections.ConfigDict()
+    c.lite.policy = "factorized"
+    c.lite.hidden = 64
+    c.lite.lr = 0.1
+    c.lite.baseline_decay = 0.9
+    c.lite.updates = 1
 
     # Proxy-network training that produces each pipeline's reward.
     c.evaluate = ml_collections.ConfigDict()
@@ -94,6 +126,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.search.algorithm not in ALGORITHMS:
         raise ConfigError(f"search.algorithm={config.search.algorithm!r} is not one of "
                           f"{choices(ALGORITHMS)}")
+    if config.search.repeat_rounds < 0:
+        raise ConfigError(f"search.repeat_rounds={config.search.repeat_rounds} must be >= 0")
     if config.reward.kind not in REWARDS:
         raise ConfigError(f"reward.kind={config.reward.kind!r} is not one of {choices(REWARDS)}")
     for key in ("search.iterations", "search.pipelines", "evaluate.epochs",

@@ -40,6 +40,8 @@ class SearchResult(NamedTuple):
     trials: list[dict[str, Any]]
     workdir: str
     space: spaces.PipelineSpace
+    # Fraction of asked pipelines that were repeats (replaced when search.avoid_repeats is on).
+    repeat_fraction: float = 0.0
 
 
 def make_pipeline_space(spaces_config: ml_collections.ConfigDict) -> spaces.PipelineSpace:
@@ -93,12 +95,42 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective
     state = searcher.init(jax.random.fold_in(root, 0))
     trials = _read_trials(os.path.join(workdir, TRIALS))
     done = _complete_iterations(trials, config.search.pipelines)
+    avoid = (config.search.avoid_repeats
+             and config.search.algorithm in config_lib.REPEAT_AWARE)
+    history: dict[bytes, float] = {}  # every evaluated pipeline's (first) reward
+    counts = {"asked_repeats": 0, "asked": 0}
+
+    def propose(state, key):
+        """The searcher's batch, with repeats replaced when search.avoid_repeats is on."""
+        actions, state = searcher.ask(state, key)
+        actions = {a: np.asarray(v) for a, v in actions.items()}
+        counts["asked"] += len(next(iter(actions.values())))
+        if not avoid:
+            counts["asked_repeats"] += agents.count_repeats(actions, history)
+            return actions, None, state
+        d = agents.avoid_repeats(searcher.ask, state, actions, key, history,
+                                 config.search.repeat_rounds)
+        counts["asked_repeats"] += d.asked_repeats
+        return d.actions, d.replaced, state
+
+    def learn(state, actions, replaced, reward):
+        """tell, with the replaced repeats and their known rewards appended; updates history."""
+        reward = np.asarray(reward, np.float32)
+        if replaced is not None and len(next(iter(replaced.values()))):
+            known = agents.known_rewards(replaced, history, actions, reward)
+            actions = {a: np.concatenate([actions[a], replaced[a]]) for a in actions}
+            reward = np.concatenate([reward, known])
+        for p in range(len(reward)):
+            history.setdefault(agents.pipeline_key(actions, p), float(reward[p]))
+        state, _ = searcher.tell(state, actions, jnp.asarray(reward, jnp.float32))
+        return state
+
     for it in range(done):  # resume: replay the logged iterations through ask/tell
         k_ask, _ = _iteration_keys(root, it)
-        actions, state = searcher.ask(state, k_ask)
-        logged = [t for t in trials if t["iteration"] == it]
+        actions, replaced, state = propose(state, k_ask)
+        logged = sorted((t for t in trials if t["iteration"] == it), key=lambda t: t["index"])
         _check_replay(actions, logged, it)
-        state, _ = searcher.tell(state, actions, jnp.asarray([t["reward"] for t in logged]))
+        state = learn(state, actions, replaced, [t["reward"] for t in logged])
     trials = [t for t in trials if t["iteration"] < done]
     if done:
         tqdm.write(f"resuming {workdir}: {done} iterations ({len(trials)} pipelines) replayed")
@@ -111,12 +143,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective
     start, evaluated = time.perf_counter(), 0
     for it in bar:
         k_ask, k_eval = _iteration_keys(root, it)
-        actions, state = searcher.ask(state, k_ask)
-        tokens = {a: np.asarray(v) for a, v in actions.items()}
+        tokens, replaced, state = propose(state, k_ask)
         pipelines = [space.decode(tokens, p) for p in range(config.search.pipelines)]
         metrics = evaluate(pipelines, k_eval)
         reward = [float(m["reward"]) if "reward" in m else reward_fn(m) for m in metrics]
-        state, _ = searcher.tell(state, actions, jnp.asarray(reward, jnp.float32))
+        state = learn(state, tokens, replaced, reward)
         new = [_trial(it, p, pipelines[p], {a: v[p] for a, v in tokens.items()}, reward[p],
                       metrics[p]) for p in range(len(pipelines))]
         with open(log_path, "a") as f:
@@ -125,12 +156,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective
         evaluated += len(new)
         hours = (time.perf_counter() - start) / 3600
         bar.set_postfix(best=f"{max(t['reward'] for t in trials):.4f}",
-                        pipelines_per_hour=f"{evaluated / max(hours, 1e-9):.0f}")
+                        pipelines_per_hour=f"{evaluated / max(hours, 1e-9):.0f}",
+                        repeats=f"{counts['asked_repeats'] / max(counts['asked'], 1):.0%}")
     bar.close()
     if not trials:
         raise ConfigError("search.iterations is 0: nothing was evaluated")
     best = max(trials, key=lambda t: t["reward"])
-    return SearchResult(best["pipeline"], best["reward"], trials, workdir, space)
+    return SearchResult(best["pipeline"], best["reward"], trials, workdir, space,
+                        counts["asked_repeats"] / max(counts["asked"], 1))
 
 
 def summary(result: SearchResult) -> str:
@@ -139,7 +172,8 @@ def summary(result: SearchResult) -> str:
     failed = sum(1 for x in result.trials if x["failure"])
     lines = [f"Best pipeline of {len(result.trials)} evaluated ({failed} failed), iteration "
              f"{t['iteration']}: reward {t['reward']:.4f} (val accuracy {t['accuracy']:.4f}, "
-             f"{t['flops'] / 1e6:.2f}M FLOPs, {t['params'] / 1e3:.1f}K params)",
+             f"{t['flops'] / 1e6:.2f}M FLOPs, {t['params'] / 1e3:.1f}K params); "
+             f"{result.repeat_fraction:.0%} of the asked pipelines were repeats",
              result.space.format(t["pipeline"]),
              f"Trial log: {os.path.join(result.workdir, TRIALS)}"]
     return "\n".join(lines)

@@ -6,11 +6,13 @@ import ml_collections
 
 from ma2ml_jax.agents.base import Actions, Searcher
 from ma2ml_jax.agents.random import make_random_search
+from ma2ml_jax.agents.repeats import avoid_repeats, count_repeats, known_rewards, pipeline_key
 from ma2ml_jax.config import ALGORITHMS
 from ma2ml_jax.errors import ConfigError, choices
 from ma2ml_jax.spaces import PipelineSpace
 
-__all__ = ["Actions", "Searcher", "make_random_search", "make_searcher"]
+__all__ = ["Actions", "Searcher", "avoid_repeats", "count_repeats", "known_rewards", "make_random_search",
+           "make_searcher", "pipeline_key"]
 
 
 def make_searcher(config: ml_collections.ConfigDict, space: PipelineSpace) -> Searcher:
@@ -18,8 +20,35 @@ def make_searcher(config: ml_collections.ConfigDict, space: PipelineSpace) -> Se
     algorithm = config.search.algorithm
     if algorithm == "random":
         return make_random_search(space, config.search.pipelines)
+    if algorithm in ("ma2ml", "ma2ml_onpolicy"):
+        from ma2ml_jax.agents.ma2ml import MA2MLConfig, make_ma2ml
+
+        options = _options(config.ma2ml, MA2MLConfig, "ma2ml")
+        options["critic_hidden"] = tuple(options["critic_hidden"])
+        options["on_policy"] = algorithm == "ma2ml_onpolicy"
+        return _checked(make_ma2ml, space, config.search.pipelines, MA2MLConfig(**options))
+    if algorithm == "lite":
+        from ma2ml_jax.agents.lite import LiteConfig, make_lite
+
+        options = _options(config.lite, LiteConfig, "lite")
+        return _checked(make_lite, space, config.search.pipelines, LiteConfig(**options))
     if algorithm == "tpe":
         from ma2ml_jax.agents.tpe import make_tpe
 
         return make_tpe(space, config.search.pipelines)
     raise ConfigError(f"search.algorithm={algorithm!r} is not one of {choices(ALGORITHMS)}")
+
+
+def _options(section, cls, name: str) -> dict:
+    unknown = sorted(set(section) - set(cls._fields))
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]} is not a key of {name}; valid: "
+                          f"{', '.join(cls._fields)}")
+    return dict(section)
+
+
+def _checked(factory, *args):
+    try:
+        return factory(*args)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e

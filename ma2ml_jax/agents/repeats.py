@@ -1,0 +1,103 @@
+"""Repeats: do not spend evaluations on pipelines whose reward is already known.
+
+On a deterministic objective a second evaluation of the same pipeline buys nothing, yet
+policy-gradient searchers drift into asking for what they already tried (the policy sharpens
+around the best pipelines). `avoid_repeats` replaces every asked pipeline that was evaluated
+before, or that duplicates an earlier one of the same batch, by a fresh sample of the searcher
+(drawn by asking again with derived keys, at most `max_rounds` rounds), and returns the replaced
+originals so that the learner is still told them, with their known rewards: a policy-gradient
+estimate stays one over what the policy asked for, and no evaluation is spent on it.
+
+It needs a searcher whose `ask` does not change its state and whose `tell` takes any batch size
+(random search, MA2ML and its ablations, MA2ML-Lite). Everything is host-side and deterministic
+given the keys and the history, so a resumed search replays it exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+
+def pipeline_key(actions: Mapping[str, Any], index: int) -> bytes:
+    """A hashable identity of pipeline `index` of a batch {agent: int[P, n]}."""
+    return b"|".join(np.asarray(actions[a][index], np.int32).tobytes() for a in sorted(actions))
+
+
+def count_repeats(actions: Mapping[str, Any], seen: Mapping[bytes, Any] | set) -> int:
+    """Pipelines of a batch that were evaluated before or repeat an earlier one of the batch."""
+    num = next(iter(actions.values())).shape[0]
+    in_batch: set[bytes] = set()
+    repeats = 0
+    for p in range(num):
+        k = pipeline_key(actions, p)
+        repeats += k in seen or k in in_batch
+        in_batch.add(k)
+    return repeats
+
+
+class Deduplicated(NamedTuple):
+    actions: dict[str, np.ndarray]  # the P pipelines to evaluate
+    replaced: dict[str, np.ndarray]  # the asked repeats that were replaced, {agent: int[E, n]}
+    asked_repeats: int  # asked pipelines that were repeats (replaced or not)
+
+
+def avoid_repeats(ask: Callable, state, actions: Mapping[str, Any], key: jax.Array,
+                  seen: Mapping[bytes, Any] | set, max_rounds: int = 10) -> Deduplicated:
+    """Replaces repeats in `actions` by fresh samples of `ask(state, key')` (see module doc).
+
+    Args:
+      ask: the searcher's ask; called with `fold_in(key, round)`, its new state is discarded.
+      state: the searcher state the batch was asked with.
+      actions: the asked batch {agent: int[P, n]}.
+      key: the key the batch was asked with.
+      seen: identities (`pipeline_key`) of every pipeline evaluated before.
+      max_rounds: asks for replacements; a repeat left after them is evaluated again.
+    """
+    final = {a: np.array(v, np.int32) for a, v in actions.items()}
+    num = next(iter(final.values())).shape[0]
+    in_batch: set[bytes] = set()
+    pending, originals = [], {}
+    for p in range(num):
+        k = pipeline_key(final, p)
+        if k in seen or k in in_batch:
+            pending.append(p)
+            originals[p] = {a: v[p].copy() for a, v in final.items()}
+        else:
+            in_batch.add(k)
+    asked_repeats = len(pending)
+    for r in range(max_rounds):
+        if not pending:
+            break
+        candidates, _ = ask(state, jax.random.fold_in(key, r + 1))
+        candidates = {a: np.asarray(v) for a, v in candidates.items()}
+        for q in range(num):
+            if not pending:
+                break
+            k = pipeline_key(candidates, q)
+            if k in seen or k in in_batch:
+                continue
+            p = pending.pop(0)
+            for a in final:
+                final[a][p] = candidates[a][q]
+            in_batch.add(k)
+    for p in pending:  # not replaced: evaluated again, so not told twice
+        del originals[p]
+    replaced = {a: np.stack([originals[p][a] for p in sorted(originals)]) if originals else
+                np.zeros((0,) + final[a].shape[1:], np.int32) for a in final}
+    return Deduplicated(final, replaced, asked_repeats)
+
+
+def known_rewards(replaced: Mapping[str, np.ndarray], history: Mapping[bytes, float],
+                  actions: Mapping[str, Any], rewards) -> np.ndarray:
+    """Rewards of the replaced repeats: from `history`, or from this batch's (actions, rewards)."""
+    batch = {pipeline_key(actions, p): float(r) for p, r in enumerate(rewards)}
+    n = next(iter(replaced.values())).shape[0]
+    out = []
+    for e in range(n):
+        k = pipeline_key(replaced, e)
+        out.append(history[k] if k in history else batch[k])
+    return np.asarray(out, np.float32)
