@@ -150,7 +150,7 @@ def test_ma2ml_finds_the_optimum_where_random_search_does_not():
     assert all(_first_hit(rand, s, 30, 8) is None for s in range(3))
 
 
-@pytest.mark.parametrize("options", [dict(actor_actions="replay"), dict(on_policy=True),
+@pytest.mark.parametrize("options", [dict(actor_actions="replay", on_policy=True),
                                      dict(policy="autoregressive", hidden=8, updates=2)])
 def test_variants_run_and_take_any_batch_size(options):
     space = TABLE.space
@@ -158,12 +158,16 @@ def test_variants_run_and_take_any_batch_size(options):
                                               **options))
     s = parts.searcher
     state = s.init(jax.random.key(0))
-    for n in (4, 6):  # the driver tells replaced repeats too: batches of any size
-        actions, state = s.ask(state, jax.random.key(n))
-        actions = {a: jnp.concatenate([x, x[: n - 4]]) for a, x in actions.items()}
-        state, metrics = s.tell(state, actions, TABLE.true_reward(actions))
-        assert np.isfinite(float(metrics["critic_loss"]))
-    assert int(state.replay.size) == 10 and int(state.iteration) == 2
+    # The driver tells replaced repeats too: 6 rows for P = 4, padded to 8 inside tell.
+    actions, state = s.ask(state, jax.random.key(1))
+    actions = {a: jnp.concatenate([x, x[:2]]) for a, x in actions.items()}
+    rewards = TABLE.true_reward(actions)
+    state, metrics = s.tell(state, actions, rewards)
+    assert np.isfinite(float(metrics["critic_loss"]))
+    assert int(state.replay.size) == 6 and int(state.last_batch) == 6
+    assert float(state.stats.count) == 6
+    assert float(state.stats.mean) == pytest.approx(float(rewards.mean()), abs=1e-6)
+    np.testing.assert_allclose(state.replay.data["reward"][:6], rewards, atol=1e-6)
     state, _ = parts.update_step(state, jax.random.key(9))  # one update is one jitted call
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.policy))
 

@@ -63,6 +63,15 @@ def test_partly_filled_buffer_samples_only_what_was_added():
     assert set(draws.tolist()) == {1, 2, 3}
 
 
+def test_add_with_a_count_writes_only_the_first_rows():
+    replay = make_replay(4)
+    state = replay.init({"id": jnp.int32(0)})
+    state = replay.add(state, {"id": jnp.arange(1, 4)})
+    state = replay.add(state, {"id": jnp.arange(10, 14)}, jnp.int32(2))  # rows 12, 13: padding
+    assert int(state.size) == 4 and int(state.position) == 1
+    assert sorted(np.asarray(state.data["id"]).tolist()) == [2, 3, 10, 11]
+
+
 def test_bad_sizes_are_clear_errors():
     with pytest.raises(ValueError, match="capacity"):
         make_replay(0)

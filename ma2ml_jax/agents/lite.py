@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from ma2ml_jax.agents.base import Searcher
-from ma2ml_jax.agents.normalize import RunningStats, finite_rewards, update_stats
+from ma2ml_jax.agents.normalize import RunningStats, finite_rewards, pad_batch, update_stats
 from ma2ml_jax.agents.policy import POLICIES, make_policy
 from ma2ml_jax.spaces import PipelineSpace
 
@@ -68,14 +68,17 @@ def make_lite(space: PipelineSpace, num_pipelines: int, config: LiteConfig = Lit
                 for i, a in enumerate(agents)}, state
 
     @jax.jit
-    def _tell(state, actions, rewards):
-        rewards = finite_rewards(rewards)
-        stats = update_stats(state.stats, rewards)
-        baseline = jnp.where(state.iteration == 0, rewards.mean(), state.baseline)
-        advantage = (rewards - baseline) / stats.std  # [B], the same for every agent
+    def _tell(state, actions, rewards, valid):
+        rewards = finite_rewards(rewards, valid)
+        w = valid.astype(jnp.float32)
+        n = jnp.maximum(w.sum(), 1.0)
+        mean = (w * rewards).sum() / n
+        stats = update_stats(state.stats, rewards, valid)
+        baseline = jnp.where(state.iteration == 0, mean, state.baseline)
+        advantage = w * (rewards - baseline) / stats.std  # [B], the same for every agent
 
         def loss(params):
-            return -sum((advantage * policies[a].log_prob(params[a], actions[a])).mean()
+            return -sum((advantage * policies[a].log_prob(params[a], actions[a])).sum() / n
                         for a in agents)
 
         def step(carry, _):
@@ -85,12 +88,14 @@ def make_lite(space: PipelineSpace, num_pipelines: int, config: LiteConfig = Lit
 
         (params, opt), _ = jax.lax.scan(step, (state.policy, state.opt), None, config.updates)
         decay = config.baseline_decay
-        new_baseline = decay * baseline + (1 - decay) * rewards.mean()
+        new_baseline = decay * baseline + (1 - decay) * mean
         return (LiteState(params, opt, new_baseline, stats, state.iteration + 1),
-                {"mean_reward": rewards.mean(), "baseline": new_baseline})
+                {"mean_reward": mean, "baseline": new_baseline})
 
     def tell(state, actions, rewards):
+        """Any batch size (the driver appends replaced repeats): padded to P or 2P rows."""
         actions = {a: jnp.asarray(actions[a], jnp.int32) for a in agents}
-        return _tell(state, actions, jnp.asarray(rewards, jnp.float32))
+        return _tell(state, *pad_batch(actions, jnp.asarray(rewards, jnp.float32),
+                                       num_pipelines))
 
     return Searcher(init, ask, tell)

@@ -33,7 +33,8 @@ import optax
 
 from ma2ml_jax.agents.base import Searcher
 from ma2ml_jax.agents.critic import critic_loss, make_critic
-from ma2ml_jax.agents.normalize import RunningStats, finite_rewards, standardize, update_stats
+from ma2ml_jax.agents.normalize import (RunningStats, finite_rewards, pad_batch, standardize,
+                                        update_stats)
 from ma2ml_jax.agents.policy import POLICIES, make_policy
 from ma2ml_jax.agents.replay import ReplayState, make_replay
 from ma2ml_jax.spaces import PipelineSpace
@@ -232,22 +233,24 @@ def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig = 
         return state._replace(policy=params, target=target, critic=phi, actor_opt=actor_opt,
                               critic_opt=critic_opt), metrics
 
-    def _tell(state, actions, rewards):
-        rewards = finite_rewards(rewards)
-        n = rewards.shape[0]
+    def _tell(state, actions, rewards, valid):
+        rewards = finite_rewards(rewards, valid)
+        n = valid.sum().astype(jnp.int32)
         state = state._replace(
-            replay=replay.add(state.replay, {"tokens": actions, "reward": rewards}),
-            stats=update_stats(state.stats, rewards), last_batch=jnp.asarray(n, jnp.int32))
+            replay=replay.add(state.replay, {"tokens": actions, "reward": rewards}, n),
+            stats=update_stats(state.stats, rewards, valid), last_batch=n)
         key, sub = jax.random.split(state.key)
         state, metrics = jax.lax.scan(update_step, state, jax.random.split(sub, config.updates))
         metrics = jax.tree.map(lambda m: m[-1], metrics)
-        metrics["mean_reward"] = rewards.mean()
+        metrics["mean_reward"] = jnp.where(valid, rewards, 0.0).sum() / jnp.maximum(n, 1)
         return state._replace(key=key, iteration=state.iteration + 1), metrics
 
     tell_jit = jax.jit(_tell, donate_argnums=0)
 
     def tell(state, actions, rewards):
+        """Any batch size (the driver appends replaced repeats): padded to P or 2P rows."""
         actions = {a: jnp.asarray(actions[a], jnp.int32) for a in agents}
-        return tell_jit(state, actions, jnp.asarray(rewards, jnp.float32))
+        return tell_jit(state, *pad_batch(actions, jnp.asarray(rewards, jnp.float32),
+                                          num_pipelines))
 
     return MA2ML(Searcher(init, ask, tell), jax.jit(update_step), policies, critic, replay)

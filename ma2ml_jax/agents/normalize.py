@@ -31,25 +31,41 @@ class RunningStats(NamedTuple):
         return jnp.sqrt(jnp.maximum(self.m2 / jnp.maximum(self.count, 1.0), _MIN_STD**2))
 
 
-def update_stats(stats: RunningStats, values: jax.Array) -> RunningStats:
-    """Merges a batch float32[B] into the running statistics (exact, order-independent)."""
+def update_stats(stats: RunningStats, values: jax.Array, valid: jax.Array | None = None
+                 ) -> RunningStats:
+    """Merges a batch float32[B] (its `valid` entries, all by default) into the running
+    statistics (exact, order-independent)."""
     values = jnp.asarray(values, jnp.float32)
-    n_b = jnp.asarray(values.size, jnp.float32)
-    mean_b = values.mean()
-    m2_b = ((values - mean_b) ** 2).sum()
+    w = jnp.ones_like(values) if valid is None else jnp.asarray(valid, jnp.float32)
+    n_b = w.sum()
+    mean_b = (w * values).sum() / jnp.maximum(n_b, 1.0)
+    m2_b = (w * (values - mean_b) ** 2).sum()
     n = stats.count + n_b
     delta = mean_b - stats.mean
-    return RunningStats(n, stats.mean + delta * n_b / n,
-                        stats.m2 + m2_b + delta**2 * stats.count * n_b / n)
+    frac = n_b / jnp.maximum(n, 1.0)
+    return RunningStats(n, stats.mean + delta * frac, stats.m2 + m2_b + delta**2 * stats.count * frac)
 
 
 def standardize(stats: RunningStats, values: jax.Array) -> jax.Array:
     return (values - stats.mean) / stats.std
 
 
-def finite_rewards(rewards: jax.Array) -> jax.Array:
-    """Non-finite rewards (a diverged pipeline told as NaN) become the batch's worst finite one."""
+def finite_rewards(rewards: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """Non-finite rewards (a diverged pipeline told as NaN) become the batch's worst finite one
+    (among the `valid` entries, all by default)."""
     rewards = jnp.asarray(rewards, jnp.float32)
     ok = jnp.isfinite(rewards)
-    worst = jnp.min(jnp.where(ok, rewards, jnp.inf))
+    considered = ok if valid is None else ok & valid
+    worst = jnp.min(jnp.where(considered, rewards, jnp.inf))
     return jnp.where(ok, rewards, jnp.where(jnp.isfinite(worst), worst, 0.0))
+
+
+def pad_batch(actions, rewards, multiple: int):
+    """Pads a told batch with zero rows up to a multiple of `multiple` (a searcher's P), so
+    that a tell of P pipelines plus any number of replaced repeats compiles once per bucket
+    (P, 2P) instead of once per size. Returns (actions, rewards, valid bool[B'])."""
+    b = rewards.shape[0]
+    size = max(multiple, -(-b // multiple) * multiple)
+    pad = size - b
+    actions = {a: jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)) for a, x in actions.items()}
+    return actions, jnp.pad(rewards, (0, pad)), jnp.arange(size) < b

@@ -3,6 +3,7 @@
     replay = make_replay(capacity)
     state = replay.init(example)                   # example: one item (pytree of arrays)
     state = replay.add(state, batch)               # batch: the same pytree with a leading [B]
+    state = replay.add(state, batch, count)        # only the first `count` rows (padded batches)
     batch = replay.sample(state, key, size)        # uniform over the stored items
     batch = replay.sample(state, key, size, recent=n)   # uniform over the n most recent items
 
@@ -28,7 +29,7 @@ class ReplayState(NamedTuple):
 
 class Replay(NamedTuple):
     init: Callable[[Any], ReplayState]
-    add: Callable[[ReplayState, Any], ReplayState]
+    add: Callable[..., ReplayState]
     sample: Callable[..., Any]
     capacity: int
 
@@ -43,17 +44,22 @@ def make_replay(capacity: int) -> Replay:
                             example)
         return ReplayState(data, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
-    def add(state, batch):
+    def add(state, batch, count=None):
+        """Writes the batch's first `count` rows (all by default; a traced int is fine, so a
+        batch padded to a fixed size compiles once)."""
         sizes = {x.shape[0] for x in jax.tree.leaves(batch)}
         if len(sizes) != 1:
             raise ValueError(f"every leaf of a replay batch needs the same leading size: {sizes}")
         (b,) = sizes
         if b > capacity:
             raise ValueError(f"batch of {b} items does not fit a replay of capacity {capacity}")
-        index = (state.position + jnp.arange(b)) % capacity
-        data = jax.tree.map(lambda d, x: d.at[index].set(x.astype(d.dtype)), state.data, batch)
-        return ReplayState(data, (state.position + b) % capacity,
-                           jnp.minimum(state.size + b, capacity))
+        n = jnp.asarray(b if count is None else jnp.clip(count, 0, b), jnp.int32)
+        rows = jnp.arange(b)
+        index = jnp.where(rows < n, (state.position + rows) % capacity, capacity)  # pad: dropped
+        data = jax.tree.map(lambda d, x: d.at[index].set(x.astype(d.dtype), mode="drop"),
+                            state.data, batch)
+        return ReplayState(data, (state.position + n) % capacity,
+                           jnp.minimum(state.size + n, capacity))
 
     def sample(state, key, size: int, recent=None):
         """`size` items drawn uniformly (with replacement) from the buffer, or from its
