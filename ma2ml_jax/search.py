@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
@@ -97,33 +96,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective
     done = _complete_iterations(trials, config.search.pipelines)
     avoid = (config.search.avoid_repeats
              and config.search.algorithm in config_lib.REPEAT_AWARE)
-    history: dict[bytes, float] = {}  # every evaluated pipeline's (first) reward
-    counts = {"asked_repeats": 0, "asked": 0}
-
-    def propose(state, key):
-        """The searcher's batch, with repeats replaced when search.avoid_repeats is on."""
-        actions, state = searcher.ask(state, key)
-        actions = {a: np.asarray(v) for a, v in actions.items()}
-        counts["asked"] += len(next(iter(actions.values())))
-        if not avoid:
-            counts["asked_repeats"] += agents.count_repeats(actions, history)
-            return actions, None, state
-        d = agents.avoid_repeats(searcher.ask, state, actions, key, history,
-                                 config.search.repeat_rounds)
-        counts["asked_repeats"] += d.asked_repeats
-        return d.actions, d.replaced, state
-
-    def learn(state, actions, replaced, reward):
-        """tell, with the replaced repeats and their known rewards appended; updates history."""
-        reward = np.asarray(reward, np.float32)
-        if replaced is not None and len(next(iter(replaced.values()))):
-            known = agents.known_rewards(replaced, history, actions, reward)
-            actions = {a: np.concatenate([actions[a], replaced[a]]) for a in actions}
-            reward = np.concatenate([reward, known])
-        for p in range(len(reward)):
-            history.setdefault(agents.pipeline_key(actions, p), float(reward[p]))
-        state, _ = searcher.tell(state, actions, jnp.asarray(reward, jnp.float32))
-        return state
+    guard = agents.RepeatGuard(searcher, avoid, config.search.repeat_rounds)
+    propose, learn = guard.propose, guard.learn
 
     for it in range(done):  # resume: replay the logged iterations through ask/tell
         k_ask, _ = _iteration_keys(root, it)
@@ -157,13 +131,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective
         hours = (time.perf_counter() - start) / 3600
         bar.set_postfix(best=f"{max(t['reward'] for t in trials):.4f}",
                         pipelines_per_hour=f"{evaluated / max(hours, 1e-9):.0f}",
-                        repeats=f"{counts['asked_repeats'] / max(counts['asked'], 1):.0%}")
+                        repeats=f"{guard.repeat_fraction:.0%}")
     bar.close()
     if not trials:
         raise ConfigError("search.iterations is 0: nothing was evaluated")
     best = max(trials, key=lambda t: t["reward"])
     return SearchResult(best["pipeline"], best["reward"], trials, workdir, space,
-                        counts["asked_repeats"] / max(counts["asked"], 1))
+                        guard.repeat_fraction)
 
 
 def summary(result: SearchResult) -> str:

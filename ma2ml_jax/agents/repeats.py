@@ -101,3 +101,48 @@ def known_rewards(replaced: Mapping[str, np.ndarray], history: Mapping[bytes, fl
         k = pipeline_key(replaced, e)
         out.append(history[k] if k in history else batch[k])
     return np.asarray(out, np.float32)
+
+
+class RepeatGuard:
+    """The driver's ask/tell around a searcher, with repeats handled (see the module doc).
+
+        guard = RepeatGuard(searcher, avoid=True, max_rounds=10)
+        actions, replaced, state = guard.propose(state, key)   # P pipelines to evaluate
+        state = guard.learn(state, actions, replaced, rewards) # tells them and the replaced
+
+    Keeps every evaluated pipeline's first reward (`history`) and counts asked pipelines and
+    asked repeats, also when `avoid` is off (so every algorithm's repeat fraction is known).
+    Used by `search.run` and the sample-efficiency benchmark alike.
+    """
+
+    def __init__(self, searcher, avoid: bool, max_rounds: int = 10):
+        self.searcher, self.avoid, self.max_rounds = searcher, avoid, max_rounds
+        self.history: dict[bytes, float] = {}
+        self.asked = 0
+        self.asked_repeats = 0
+
+    @property
+    def repeat_fraction(self) -> float:
+        return self.asked_repeats / max(self.asked, 1)
+
+    def propose(self, state, key):
+        actions, state = self.searcher.ask(state, key)
+        actions = {a: np.asarray(v) for a, v in actions.items()}
+        self.asked += len(next(iter(actions.values())))
+        if not self.avoid:
+            self.asked_repeats += count_repeats(actions, self.history)
+            return actions, None, state
+        d = avoid_repeats(self.searcher.ask, state, actions, key, self.history, self.max_rounds)
+        self.asked_repeats += d.asked_repeats
+        return d.actions, d.replaced, state
+
+    def learn(self, state, actions, replaced, rewards):
+        rewards = np.asarray(rewards, np.float32)
+        if replaced is not None and len(next(iter(replaced.values()))):
+            known = known_rewards(replaced, self.history, actions, rewards)
+            actions = {a: np.concatenate([actions[a], replaced[a]]) for a in actions}
+            rewards = np.concatenate([rewards, known])
+        for p in range(len(rewards)):
+            self.history.setdefault(pipeline_key(actions, p), float(rewards[p]))
+        state, _ = self.searcher.tell(state, actions, rewards)
+        return state
