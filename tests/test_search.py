@@ -109,11 +109,27 @@ def test_unwritable_workdir(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("search.algorithm", "bayes", "search.algorithm='bayes' is not one of 'random' or 'tpe'"),
+    ("search.algorithm", "bayes", "search.algorithm='bayes' is not one of 'random', 'tpe', "),
     ("search.pipelines", 0, "search.pipelines=0 must be >= 1"),
 ])
 def test_bad_config_values(tmp_path, key, value, message):
     c = _config()
+    section, name = key.split(".")
+    c[section][name] = value
+    with pytest.raises(ConfigError) as e:
+        search.run(c, str(tmp_path), objective=lambda ps: [0.0] * len(ps), progress=False)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("algorithm, key, value, message", [
+    ("ma2ml", "ma2ml.tau", 0.0, "ma2ml.tau=0.0 must be in (0, 1]"),
+    ("ma2ml_onpolicy", "ma2ml.actor_actions", "buffer", "ma2ml.actor_actions='buffer' is not"),
+    ("ma2ml", "ma2ml.lambda", 0.1, "ma2ml.lambda is not a key of ma2ml; valid: policy, hidden, lam"),
+    ("lite", "lite.baseline_decay", 1.0, "lite.baseline_decay=1.0 must be in [0, 1)"),
+    ("random", "search.repeat_rounds", -1, "search.repeat_rounds=-1 must be >= 0"),
+])
+def test_bad_searcher_options_name_the_key(tmp_path, algorithm, key, value, message):
+    c = _config(algorithm=algorithm)
     section, name = key.split(".")
     c[section][name] = value
     with pytest.raises(ConfigError) as e:
