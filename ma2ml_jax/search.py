@@ -41,6 +41,8 @@ class SearchResult(NamedTuple):
     space: spaces.PipelineSpace
     # Fraction of asked pipelines that were repeats (replaced when search.avoid_repeats is on).
     repeat_fraction: float = 0.0
+    # Fraction of evaluated pipelines that had been evaluated before (no replacement found).
+    evaluated_repeat_fraction: float = 0.0
 
 
 def make_pipeline_space(spaces_config: ml_collections.ConfigDict) -> spaces.PipelineSpace:
@@ -137,7 +139,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective
         raise ConfigError("search.iterations is 0: nothing was evaluated")
     best = max(trials, key=lambda t: t["reward"])
     return SearchResult(best["pipeline"], best["reward"], trials, workdir, space,
-                        guard.repeat_fraction)
+                        guard.repeat_fraction, guard.evaluated_repeat_fraction)
 
 
 def summary(result: SearchResult) -> str:
@@ -147,7 +149,8 @@ def summary(result: SearchResult) -> str:
     lines = [f"Best pipeline of {len(result.trials)} evaluated ({failed} failed), iteration "
              f"{t['iteration']}: reward {t['reward']:.4f} (val accuracy {t['accuracy']:.4f}, "
              f"{t['flops'] / 1e6:.2f}M FLOPs, {t['params'] / 1e3:.1f}K params); "
-             f"{result.repeat_fraction:.0%} of the asked pipelines were repeats",
+             f"{result.repeat_fraction:.0%} of the asked pipelines were repeats, "
+             f"{result.evaluated_repeat_fraction:.0%} of the evaluated ones",
              result.space.format(t["pipeline"]),
              f"Trial log: {os.path.join(result.workdir, TRIALS)}"]
     return "\n".join(lines)

@@ -72,3 +72,36 @@ def test_throughput_benchmark_runs(tmp_path):
     assert results["naive"]["iterations"][0]["compiles"] >= 2  # every architecture compiles
     assert all(0 <= a <= 1 for r in results.values() for i in r["iterations"]
                for a in i["accuracy"])
+
+
+def test_evals_to_target_and_quartiles():
+    from ma2ml_jax.bench import sample_efficiency as se
+
+    curve = np.asarray([0.1, 0.5, 0.97, 0.985, 1.0])
+    assert se.evals_to_target(curve, 0.02) == 4
+    assert se.evals_to_target(curve, 0.0) == 5
+    assert se.evals_to_target(curve[:3], 0.02) == np.inf
+    assert se.quartiles([4, 1, 3, 2]) == (1.0, 2.0, 3.0)
+    assert se.quartiles([5, np.inf, np.inf]) == (5.0, np.inf, np.inf)
+
+
+def test_sample_efficiency_runs_end_to_end(tmp_path, capsys):
+    """A tiny run: the table, the plot and the JSON exist and agree; merge reproduces it."""
+    import json
+
+    from ma2ml_jax.bench import sample_efficiency as se
+
+    se.main(["--sizes=small", "--algorithms=random,lite", "--seeds=2", "--budget_scale=0.05",
+             f"--out={tmp_path}", "--no_timing"])
+    out = capsys.readouterr().out
+    assert "| small | random |" in out and "| small_noisy | lite |" in out
+    record = json.loads((tmp_path / "sample_efficiency.json").read_text())
+    s = record["results"]["small"]["random"]
+    assert s["budget"] == 24 and len(s["curve_median"]) == 24 and s["seeds"] == 2
+    assert np.all(np.diff(s["curve_median"]) >= 0)  # best-so-far never drops
+    assert s["evaluated_repeat_fraction"] == 0.0  # repeats are replaced
+    assert (tmp_path / "sample_efficiency.png").stat().st_size > 10_000
+    merged = tmp_path / "merged"
+    se.main([f"--merge={tmp_path / 'sample_efficiency.json'}", f"--out={merged}"])
+    assert "| small | lite |" in capsys.readouterr().out
+    assert (merged / "sample_efficiency.png").exists()

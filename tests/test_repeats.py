@@ -89,6 +89,8 @@ def test_driver_never_evaluates_a_pipeline_twice(tmp_path, algorithm):
         space = search.make_pipeline_space(c.spaces)
         r = search.run(c, str(tmp_path / f"{avoid}"), objective=_objective(space), progress=False)
         keys = [tuple(t["tokens"]["hpo"]) for t in r.trials]
-        results[avoid] = (len(keys) - len(set(keys)), r.repeat_fraction)
-    assert results[False][0] > 0 and results[False][1] > 0
-    assert results[True][0] == 0 and results[True][1] > 0
+        results[avoid] = (len(keys) - len(set(keys)), r.repeat_fraction,
+                          r.evaluated_repeat_fraction)
+    off, on = results[False], results[True]
+    assert off[0] > 0 and off[1] > 0 and off[2] == pytest.approx(off[0] / 192)
+    assert on[0] == 0 and on[1] > 0 and on[2] == 0

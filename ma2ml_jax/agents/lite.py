@@ -94,8 +94,7 @@ def make_lite(space: PipelineSpace, num_pipelines: int, config: LiteConfig = Lit
 
     def tell(state, actions, rewards):
         """Any batch size (the driver appends replaced repeats): padded to P or 2P rows."""
-        actions = {a: jnp.asarray(actions[a], jnp.int32) for a in agents}
-        return _tell(state, *pad_batch(actions, jnp.asarray(rewards, jnp.float32),
+        return _tell(state, *pad_batch({a: actions[a] for a in agents}, rewards,
                                        num_pipelines))
 
     return Searcher(init, ask, tell)

@@ -249,8 +249,7 @@ def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig = 
 
     def tell(state, actions, rewards):
         """Any batch size (the driver appends replaced repeats): padded to P or 2P rows."""
-        actions = {a: jnp.asarray(actions[a], jnp.int32) for a in agents}
-        return tell_jit(state, *pad_batch(actions, jnp.asarray(rewards, jnp.float32),
+        return tell_jit(state, *pad_batch({a: actions[a] for a in agents}, rewards,
                                           num_pipelines))
 
     return MA2ML(Searcher(init, ask, tell), jax.jit(update_step), policies, critic, replay)

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _MIN_STD = 1e-6
 
@@ -63,9 +64,12 @@ def finite_rewards(rewards: jax.Array, valid: jax.Array | None = None) -> jax.Ar
 def pad_batch(actions, rewards, multiple: int):
     """Pads a told batch with zero rows up to a multiple of `multiple` (a searcher's P), so
     that a tell of P pipelines plus any number of replaced repeats compiles once per bucket
-    (P, 2P) instead of once per size. Returns (actions, rewards, valid bool[B'])."""
+    (P, 2P) instead of once per size. On the host (numpy): no device op per shape.
+    Returns (actions int32, rewards float32, valid bool[B'])."""
+    rewards = np.asarray(rewards, np.float32)
     b = rewards.shape[0]
     size = max(multiple, -(-b // multiple) * multiple)
     pad = size - b
-    actions = {a: jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)) for a, x in actions.items()}
-    return actions, jnp.pad(rewards, (0, pad)), jnp.arange(size) < b
+    actions = {a: np.pad(np.asarray(x, np.int32), ((0, pad),) + ((0, 0),) * (np.ndim(x) - 1))
+               for a, x in actions.items()}
+    return actions, np.pad(rewards, (0, pad)), np.arange(size) < b

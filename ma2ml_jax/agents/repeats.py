@@ -111,7 +111,8 @@ class RepeatGuard:
         state = guard.learn(state, actions, replaced, rewards) # tells them and the replaced
 
     Keeps every evaluated pipeline's first reward (`history`) and counts asked pipelines and
-    asked repeats, also when `avoid` is off (so every algorithm's repeat fraction is known).
+    asked repeats, also when `avoid` is off (so every algorithm's repeat fraction is known), and
+    the repeats actually evaluated (those no replacement was found for).
     Used by `search.run` and the sample-efficiency benchmark alike.
     """
 
@@ -120,10 +121,18 @@ class RepeatGuard:
         self.history: dict[bytes, float] = {}
         self.asked = 0
         self.asked_repeats = 0
+        self.evaluated = 0
+        self.evaluated_repeats = 0
 
     @property
     def repeat_fraction(self) -> float:
+        """Asked pipelines that were repeats (before any replacement)."""
         return self.asked_repeats / max(self.asked, 1)
+
+    @property
+    def evaluated_repeat_fraction(self) -> float:
+        """Evaluated pipelines that had been evaluated before (or twice in one batch)."""
+        return self.evaluated_repeats / max(self.evaluated, 1)
 
     def propose(self, state, key):
         actions, state = self.searcher.ask(state, key)
@@ -138,6 +147,8 @@ class RepeatGuard:
 
     def learn(self, state, actions, replaced, rewards):
         rewards = np.asarray(rewards, np.float32)
+        self.evaluated += len(rewards)
+        self.evaluated_repeats += count_repeats(actions, self.history)
         if replaced is not None and len(next(iter(replaced.values()))):
             known = known_rewards(replaced, self.history, actions, rewards)
             actions = {a: np.concatenate([actions[a], replaced[a]]) for a in actions}
