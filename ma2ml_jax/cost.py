@@ -7,8 +7,9 @@ flops and also counts those element-wise ops, so 2 x `flops` sits a few percent 
 bound the gap). Parameters are the trainable ones: convolution and dense weights and biases, and
 the BatchNorm scale and bias (not its running statistics).
 
-The counts follow `models.macro_net.MacroNet` and `models.cell_net.CellNet` layer by layer; the
-tests compare them with the real networks (parameters exactly, FLOPs against XLA).
+The counts follow `models.macro_net.MacroNet`, `models.cell_net.CellNet` and
+`models.layerwise_net.LayerwiseNet` layer by layer; the tests compare them with the real networks
+(parameters exactly, FLOPs against XLA).
 """
 
 from __future__ import annotations
@@ -150,9 +151,32 @@ def cell_cost(arch: Mapping[str, Any] | CellArch, num_classes: int, *, cells: in
     return total + dense(prev[1][1], num_classes)
 
 
+# ------------------------------------------------------------------------------------ layerwise
+def layerwise_cost(arch, num_classes: int, image_shape: tuple[int, int, int]) -> Cost:
+    """Cost of `LayerwiseNet(arch, num_classes)` (a `models.layerwise_net.LayerwiseArch`) on one
+    image of `image_shape`; shapes (clamped poolings included) from `layerwise_net.plan`.
+    """
+    from ma2ml_jax.models.layerwise_net import plan
+
+    total = ZERO
+    for layer, s in zip(arch.layers, plan(arch, image_shape)):
+        if layer.type == "conv":
+            total += conv(s.in_h, s.in_w, s.in_c, layer.features, layer.kernel, layer.kernel,
+                          (layer.stride, layer.stride), bn=True)[0]
+        elif layer.type == "dense":
+            total += dense(s.in_c, layer.features)
+    last = plan(arch, image_shape)[-1]
+    flat = last.out_c if last.out_h == 0 else last.out_h * last.out_w * last.out_c
+    return total + dense(flat, num_classes)
+
+
 def count(kind: str, arch: Mapping[str, Any], num_classes: int, image_shape: tuple[int, int, int],
           model_config=None) -> Cost:
-    """Cost of the network of a decoded architecture of space `kind` ('macro' or 'cell')."""
+    """Cost of the network of a decoded architecture of space `kind` ('macro' or 'cell'; or
+    'layerwise' with a `LayerwiseArch`).
+    """
+    if kind == "layerwise":
+        return layerwise_cost(arch, num_classes, image_shape)
     if kind == "macro":
         return macro_cost(arch, num_classes, image_shape[-1])
     if kind == "cell":

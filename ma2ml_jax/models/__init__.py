@@ -7,13 +7,19 @@ from typing import Any
 
 import flax.linen as nn
 
+from ma2ml_jax.models.layerwise_net import LayerwiseArch, LayerwiseNet
 from ma2ml_jax.models.macro_net import MacroArch, MacroNet
 
-__all__ = ["MacroArch", "MacroNet", "make_network", "make_network_for"]
+__all__ = ["LayerwiseArch", "LayerwiseNet", "MacroArch", "MacroNet", "make_network",
+           "make_network_for"]
 
 
 def make_network(kind: str, arch: Mapping[str, Any], num_classes: int, model_config) -> nn.Module:
-    """The exactly-shaped network of a decoded architecture of space `kind` ('macro' or 'cell')."""
+    """The exactly-shaped network of a decoded architecture of space `kind` ('macro' or 'cell';
+    'layerwise' with a `LayerwiseArch`).
+    """
+    if kind == "layerwise":
+        return LayerwiseNet(arch, num_classes)
     if kind == "macro":
         return MacroNet(MacroArch.from_config(arch), num_classes)
     if kind == "cell":

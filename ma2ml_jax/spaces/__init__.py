@@ -8,6 +8,10 @@
 | macro   | `macro_space(variant)`                           | NAS on ImageNet (FBNetV3) |
 | cell    | `cell_space(num_blocks)`                         | NAS on CIFAR (NASNet)     |
 | recipe  | `recipe_space(variant)`                          | HPO                       |
+| layerwise | `layerwise_space(variant, layer)`              | one layer (Iranfar et al.) |
+
+A layerwise space is one agent per layer of a fixed CNN: a pipeline is all of a variant's layers
+(`layerwise_spaces_config`, `layerwise_pipeline_space`) and no other kind.
 """
 
 from __future__ import annotations
@@ -18,13 +22,22 @@ from collections.abc import Callable
 from ma2ml_jax.spaces.augment import augment_space, to_policy
 from ma2ml_jax.spaces.base import Decision, PipelineSpace, Space
 from ma2ml_jax.spaces.cell import CELL_OPS, CIFAR_CELL_LAYOUT, CellLayout, cell_space
+from ma2ml_jax.spaces.layerwise import (
+    LayerSpace,
+    layerwise_decisions,
+    layerwise_pipeline_space,
+    layerwise_space,
+    layerwise_spaces_config,
+)
 from ma2ml_jax.spaces.macro import MacroSpace, macro_space
 from ma2ml_jax.spaces.recipe import recipe_space, to_hparams
 
 __all__ = [
-    "CELL_OPS", "CIFAR_CELL_LAYOUT", "CellLayout", "Decision", "MacroSpace", "PipelineSpace",
-    "SPACE_FACTORIES", "Space", "augment_space", "cell_space", "macro_space", "make_space",
-    "recipe_space", "to_hparams", "to_policy",
+    "CELL_OPS", "CIFAR_CELL_LAYOUT", "CellLayout", "Decision", "LayerSpace", "MacroSpace",
+    "PipelineSpace", "SPACE_FACTORIES", "Space", "augment_space", "cell_space",
+    "layerwise_decisions", "layerwise_pipeline_space", "layerwise_space",
+    "layerwise_spaces_config", "macro_space", "make_space", "recipe_space", "to_hparams",
+    "to_policy",
 ]
 
 SPACE_FACTORIES: dict[str, Callable[..., Space]] = {
@@ -32,6 +45,7 @@ SPACE_FACTORIES: dict[str, Callable[..., Space]] = {
     "macro": macro_space,
     "cell": cell_space,
     "recipe": recipe_space,
+    "layerwise": layerwise_space,
 }
 
 
@@ -42,7 +56,9 @@ def make_space(kind: str, **kwargs) -> Space:
       ValueError: naming the valid kinds, arguments or variants when one is wrong.
     """
     if kind not in SPACE_FACTORIES:
-        raise ValueError(f"unknown space kind {kind!r}; valid: {sorted(SPACE_FACTORIES)}")
+        modules = sorted(k for k in SPACE_FACTORIES if k != "layerwise")
+        raise ValueError(f"unknown space kind {kind!r}; valid: {modules} (one module's agent), "
+                         "or 'layerwise' (one agent per layer of a CNN: the whole pipeline)")
     factory = SPACE_FACTORIES[kind]
     params = inspect.signature(factory).parameters
     unknown = sorted(set(kwargs) - set(params))
