@@ -53,8 +53,15 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
     """Returns `evaluate(pipelines, key) -> [metrics]` for decoded pipelines.
 
     `evaluate.strategy()` tells the strategy in use (after "auto" has chosen); `log` receives
-    the choice of "auto".
+    the choice of "auto". A layerwise pipeline space (Iranfar et al.) is evaluated by
+    `evaluate_layerwise` (one CNN at a time, with early termination between batches).
     """
+    from ma2ml_jax.spaces.layerwise import is_layerwise
+
+    if is_layerwise(space):
+        from ma2ml_jax.evaluate_layerwise import make_layerwise_evaluator
+
+        return make_layerwise_evaluator(config, dataset, space, log)
     roles = agent_roles(space)
     if roles["arch"] is None:
         raise ValueError("the pipeline space has no architecture agent (a 'macro' or 'cell' space)")
