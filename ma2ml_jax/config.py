@@ -14,14 +14,14 @@ import ml_collections
 
 from ma2ml_jax.errors import ConfigError, choices
 
-ALGORITHMS = ("random", "tpe", "ma2ml", "ma2ml_onpolicy", "lite")
+ALGORITHMS = ("random", "tpe", "ma2ml", "ma2ml_onpolicy", "lite", "qlearning")
 # Searchers whose ask is pure and whose tell takes any batch size (agents.repeats).
 REPEAT_AWARE = ("random", "ma2ml", "ma2ml_onpolicy", "lite")
-REWARDS = ("accuracy", "mnas", "linear")
+REWARDS = ("accuracy", "mnas", "linear", "iranfar")
 NETWORKS = ("auto", "masked", "exact")
 STRATEGIES = ("auto", "loop", "unrolled", "vmap", "map")
 STEP_LOOPS = ("host", "scan")
-SPACE_KINDS = ("augment", "macro", "cell", "recipe")
+SPACE_KINDS = ("augment", "macro", "cell", "recipe", "layerwise")
 AGENTS = ("aug", "nas", "hpo")
 
 
@@ -80,6 +80,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.lite.baseline_decay = 0.9
     c.lite.updates = 1
 
+    # Iranfar et al.'s per-layer multi-agent Q-learning (agents.qlearning; Sec. VI).
+    c.qlearning = ml_collections.ConfigDict()
+    c.qlearning.alpha = 0.95  # learning rate of the exploration phase (Sec. VI-B)
+    c.qlearning.alpha_decay = 0.999  # eq. (3): alpha <- alpha * 0.999^n after exploration
+    c.qlearning.alpha_schedule = "compound"  # compound: eq. (3) as written | exponential: a0*d^n
+    c.qlearning.gamma = 1.0  # discount of the next Q-table's max (Alg. 2 line 8; MetaQNN's 1)
+    c.qlearning.epsilon_decay = 0.99  # epsilon = 0.99^n in exploration-exploitation (Sec. VIII-G)
+    c.qlearning.epsilon_min = 0.0
+    c.qlearning.min_exploration = 0  # exploration episodes at least (the paper: 500 for VGG-16)
+    c.qlearning.memory = 16384  # hyper-parameter sets remembered (no update on a repeat)
+
     # Proxy-network training that produces each pipeline's reward.
     c.evaluate = ml_collections.ConfigDict()
     c.evaluate.epochs = 2
@@ -107,12 +118,25 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.cell_channels = 16  # cell space: channels of the first cell
 
     c.reward = ml_collections.ConfigDict()
-    c.reward.kind = "accuracy"  # accuracy | mnas: Acc*(FLOPs/T)^w | linear: cA*Acc - cS*SizeMB
+    # accuracy | mnas: Acc*(FLOPs/T)^w | linear: cA*Acc - cS*SizeMB |
+    # iranfar: -1 if terminated else cA*Acc%/N_epoch - cS*SizeMB (Iranfar eq. 2, cA + cS = 1)
+    c.reward.kind = "accuracy"
     c.reward.flops_target = 600e6  # mnas: the FLOPs constraint T
     c.reward.w = -0.07  # mnas: the exponent w
     c.reward.acc_weight = 1.0  # linear: cA
     c.reward.size_weight = 0.0  # linear: cS per MB of float32 parameters
     c.reward.failure = 0.0  # reward of a pipeline that failed (NaN loss, over threshold, ...)
+
+    # Early termination of layerwise episodes (termination.py; Iranfar Sec. V-E and VI-A).
+    # evaluate.epochs is the first episodes' number of epochs (10 in the paper).
+    c.termination = ml_collections.ConfigDict()
+    c.termination.batch_time = 0.0  # t_th: seconds per training batch (0: off)
+    c.termination.batch_patience = 5  # N_th,t: consecutive slow batches -> -1 at once
+    c.termination.loss_threshold = 2.0  # l_th: epoch training loss (also sets N_epoch)
+    c.termination.loss_patience = 2  # N_th,l: consecutive epochs over l_th -> restart, then -1
+    c.termination.loss_retries = 1  # restarts before the penalty
+    c.termination.min_epochs = 3  # the automatic number of epochs never goes below this
+    c.termination.untimed_batches = 1  # first batches of an attempt (compilation) not timed
 
     c.retrain = ml_collections.ConfigDict()
     c.retrain.top_k = 3
@@ -151,6 +175,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"data.val_size={config.data.val_size} must be >= 1")
     if config.reward.kind == "mnas" and not config.reward.flops_target > 0:
         raise ConfigError("reward.flops_target must be > 0 for reward.kind='mnas'")
+    if config.reward.kind == "iranfar" and not math.isclose(
+            config.reward.acc_weight + config.reward.size_weight, 1.0, abs_tol=1e-9):
+        raise ConfigError(f"reward.acc_weight + reward.size_weight must be 1 for "
+                          f"reward.kind='iranfar' (cA + cS = 1, eq. 2), got "
+                          f"{config.reward.acc_weight} + {config.reward.size_weight}")
     if not config.spaces:
         raise ConfigError("spaces is empty: at least one agent space is needed")
     for agent, spec in config.spaces.items():
@@ -158,11 +187,51 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if kind not in SPACE_KINDS:
             raise ConfigError(f"spaces.{agent}.kind={kind!r} is not one of {choices(SPACE_KINDS)}")
     kinds = [spec.kind for spec in config.spaces.values()]
+    if "layerwise" in kinds:
+        _validate_layerwise(config)
+        return
     for kind in kinds:
         if kinds.count(kind) > 1:
             raise ConfigError(f"two agents use space kind {kind!r}; each module is one agent")
     if "macro" in kinds and "cell" in kinds:
         raise ConfigError("spaces has both a 'macro' and a 'cell' architecture; pick one")
+
+
+def _validate_layerwise(config: ml_collections.ConfigDict) -> None:
+    """A layerwise space is the whole pipeline: every layer of one variant, one agent each."""
+    from ma2ml_jax.spaces import layerwise
+
+    others = sorted(f"spaces.{a}.kind={s.kind!r}" for a, s in config.spaces.items()
+                    if s.kind != "layerwise")
+    if others:
+        raise ConfigError(f"a 'layerwise' space is the whole pipeline (one agent per layer of a "
+                          f"CNN) and cannot be mixed with other kinds: {', '.join(others)}")
+    variants = sorted({str(s.get("variant")) for s in config.spaces.values()})
+    if len(variants) != 1:
+        raise ConfigError(f"the layerwise agents name different variants {variants}; use one")
+    try:
+        spec = layerwise.get_spec(variants[0])
+    except ValueError as e:
+        raise ConfigError(f"spaces: {e}") from e
+    want = {layerwise.agent_name(i): i for i in range(spec.num_layers)}
+    got = {a: s.get("layer") for a, s in config.spaces.items()}
+    if got != want:
+        bad = sorted(a for a in set(want) | set(got) if got.get(a, -1) != want.get(a))
+        raise ConfigError(f"layerwise variant {variants[0]!r} needs the agents layer00 .. "
+                          f"{layerwise.agent_name(spec.num_layers - 1)}, each with its layer "
+                          f"index (layerwise_spaces_config(variant) writes them); wrong or "
+                          f"missing: {', '.join(bad[:5])}")
+    epochs = config.evaluate.epochs
+    t = config.termination
+    if epochs != int(epochs) or epochs < t.min_epochs:
+        raise ConfigError(f"evaluate.epochs={epochs} (the first episodes' epochs) must be an "
+                          f"integer >= termination.min_epochs={t.min_epochs}")
+    from ma2ml_jax import termination
+
+    try:
+        termination.from_config(t, max_epochs=int(epochs))
+    except ValueError as e:
+        raise ConfigError(f"termination.{e}") from e
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

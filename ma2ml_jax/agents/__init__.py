@@ -37,6 +37,11 @@ def make_searcher(config: ml_collections.ConfigDict, space: PipelineSpace) -> Se
         from ma2ml_jax.agents.tpe import make_tpe
 
         return make_tpe(space, config.search.pipelines)
+    if algorithm == "qlearning":
+        from ma2ml_jax.agents.qlearning import QLearningConfig, make_qlearning
+
+        options = _options(config.qlearning, QLearningConfig, "qlearning")
+        return _checked(make_qlearning, space, config.search.pipelines, QLearningConfig(**options))
     raise ConfigError(f"search.algorithm={algorithm!r} is not one of {choices(ALGORITHMS)}")
 
 
