@@ -105,3 +105,22 @@ def test_sample_efficiency_runs_end_to_end(tmp_path, capsys):
     se.main([f"--merge={tmp_path / 'sample_efficiency.json'}", f"--out={merged}"])
     assert "| small | lite |" in capsys.readouterr().out
     assert (merged / "sample_efficiency.png").exists()
+
+
+def test_cooperative_objective_optimum_and_chain_pairs():
+    import jax.numpy as jnp
+
+    from ma2ml_jax.bench.objectives import make_objective
+
+    obj = make_objective({"a": (3, 2), "b": (4,), "c": (2, 2)}, seed=0, chain=True)
+    best = {a: jnp.asarray(t)[None] for a, t in obj.targets.items()}
+    assert float(obj.true_reward(best)[0]) == 1.0  # the targets are the optimum, normalized
+    assert [(p[0], p[2]) for p in obj.pairs] == [(0, 1), (1, 2)]  # consecutive agents only
+    # Missing one side of a coupled pair costs more than that decision's own weight.
+    ia, da = int(obj.pairs[0][0]), int(obj.pairs[0][1])
+    agent = obj.agents[ia]
+    wrong = dict(best)
+    wrong[agent] = best[agent].at[0, da].set((best[agent][0, da] + 1) % obj.space[agent].sizes[da])
+    z = sum(float(np.sum(u)) for u in obj.unary.values()) + float(obj.pair_weights.sum())
+    loss = 1.0 - float(obj.true_reward(wrong)[0])
+    assert loss > float(obj.unary[agent][da]) / z + 1e-6

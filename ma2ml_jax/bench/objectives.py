@@ -64,8 +64,13 @@ class CooperativeObjective:
 
 
 def make_objective(decisions: dict[str, tuple[int, ...]], seed: int, pairs_per_decision=1.0,
-                   penalty=0.5, noise=0.0, name="") -> CooperativeObjective:
-    """A random cooperative objective over `decisions` ({agent: decision sizes})."""
+                   penalty=0.5, noise=0.0, name="", chain=False) -> CooperativeObjective:
+    """A random cooperative objective over `decisions` ({agent: decision sizes}).
+
+    Pairs couple random decisions of two random agents, or, with `chain`, one decision of each
+    agent with one of the next agent (in `space.agents` order): the interactions of consecutive
+    layers of a CNN, the structure Iranfar et al.'s pairwise Q-tables model.
+    """
     space = synthetic_space(decisions)
     rng = np.random.default_rng(seed)
     agents = space.agents
@@ -74,6 +79,11 @@ def make_objective(decisions: dict[str, tuple[int, ...]], seed: int, pairs_per_d
     n_total = sum(space[a].n_decisions for a in agents)
     m = int(round(pairs_per_decision * n_total)) if len(agents) > 1 else 0
     pairs = []
+    if chain:
+        m = 0
+        for ia in range(len(agents) - 1):
+            pairs.append((ia, rng.integers(space[agents[ia]].n_decisions),
+                          ia + 1, rng.integers(space[agents[ia + 1]].n_decisions)))
     for _ in range(m):
         ia, ib = rng.choice(len(agents), 2, replace=False)
         pairs.append((ia, rng.integers(space[agents[ia]].n_decisions),

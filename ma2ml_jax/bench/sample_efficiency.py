@@ -13,6 +13,10 @@ does, so credit must be assigned across agents. Rewards are normalized: the opti
   medium  AUG 6 x 8, NAS 6 x 4, HPO 4 x 5 values (1.7e12 pipelines)
   large   the default config's shapes: AUG 30 decisions of 15/11/10, NAS 22 of 1-3 values,
           HPO 8 of 2-6 (5e48 pipelines)
+  layerwise_small, layerwise  Iranfar et al.'s per-layer spaces of the CIFAR-scale vgg_small
+          (7 layer agents, 41,472 pipelines) and of VGG-16 (19 layer agents of 2-20 tuples,
+          1.6e19 pipelines), consecutive layers coupled; where their per-layer Q-learning
+          (`qlearning`, run with P = 1, its sequential setting) is compared
 each noiseless and with Gaussian noise (sd 0.05 of the reward range) on what the searcher is
 told; best-so-far is always scored by the true reward of the pipelines evaluated.
 
@@ -58,7 +62,11 @@ SIZES = {
               "nas": (1, 2, 1, 2, 2, 2, 2, 1, 1, 2, 2, 3, 2, 1, 1, 2, 2, 3, 2, 1, 1, 1),
               "hpo": (2, 6, 4, 2, 2, 2, 2, 2)},
 }
-BUDGETS = {"small": 480, "medium": 960, "large": 1920}
+BUDGETS = {"small": 480, "medium": 960, "large": 1920, "layerwise_small": 480,
+           "layerwise": 960}
+# Iranfar et al.'s spaces, one agent (one tuple) per layer, consecutive layers coupled
+# (make_objective(chain=True)); built from spaces.layerwise.
+LAYERWISE = {"layerwise_small": "vgg_small", "layerwise": "vgg16"}
 NOISE = 0.05
 REPORTED_OBJECTIVE_SEED = 2026  # the tuning objectives use other shapes and seeds
 # Tuning set for --sweep: shapes unlike the reported ones, objective and searcher seeds disjoint.
@@ -76,6 +84,7 @@ ALGORITHMS = {
     "lite": ("lite", {}, True),
     "random": ("random", {}, True),
     "tpe": ("tpe", {}, False),
+    "qlearning": ("qlearning", {}, False),
 }
 DEFAULT_ALGORITHMS = ("ma2ml", "ma2ml_replay", "ma2ml_onpolicy", "ma2ml_with_repeats", "lite",
                       "random", "tpe")
@@ -136,12 +145,14 @@ def run_grid(objectives: dict[str, tuple[Any, int]], algorithms: dict[str, tuple
         noisy_reward = jax.jit(objective.__call__)
         results[oname] = {}
         for aname, (algorithm, overrides, avoid) in algorithms.items():
-            config = searcher_config(algorithm, overrides, pipelines)
+            # Q-learning is sequential (its greedy episodes of one batch would be identical).
+            p = 1 if algorithm == "qlearning" else pipelines
+            config = searcher_config(algorithm, overrides, p)
             searcher = agents.make_searcher(config, objective.space)  # one compile for all seeds
             start, runs = time.perf_counter(), []
             for seed in seeds:
                 runs.append(run_one(searcher, avoid, objective, true_reward, noisy_reward, seed,
-                                    budget, pipelines))
+                                    budget, p))
             curves = np.stack([r["curve"] for r in runs])
             hits = [evals_to_target(c, target) for c in curves]
             q1, med, q3 = quartiles(hits)
@@ -173,8 +184,15 @@ def reported_objectives(sizes: Sequence[str], budget_scale: float = 1.0):
         budget = int(BUDGETS[size] * budget_scale)
         for noise in (0.0, NOISE):
             name = f"{size}{'_noisy' if noise else ''}"
-            out[name] = (make_objective(SIZES[size], seed=REPORTED_OBJECTIVE_SEED, noise=noise,
-                                        name=name), budget)
+            if size in LAYERWISE:
+                from ma2ml_jax.spaces import layerwise_decisions
+
+                out[name] = (make_objective(layerwise_decisions(LAYERWISE[size]),
+                                            seed=REPORTED_OBJECTIVE_SEED, noise=noise, name=name,
+                                            chain=True), budget)
+            else:
+                out[name] = (make_objective(SIZES[size], seed=REPORTED_OBJECTIVE_SEED,
+                                            noise=noise, name=name), budget)
     return out
 
 
@@ -355,9 +373,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif not args.timing:
         unknown = [a for a in args.algorithms.split(",") if a not in ALGORITHMS]
         sizes = args.sizes.split(",")
-        if unknown or any(s not in SIZES for s in sizes):
+        if unknown or any(s not in BUDGETS for s in sizes):
             parser.error(f"unknown algorithm {unknown} or size {sizes}; algorithms: "
-                         f"{', '.join(ALGORITHMS)}; sizes: {', '.join(SIZES)}")
+                         f"{', '.join(ALGORITHMS)}; sizes: {', '.join(BUDGETS)}")
         algos = {a: ALGORITHMS[a] for a in args.algorithms.split(",")}
         results = run_grid(reported_objectives(sizes, args.budget_scale), algos,
                            range(args.seeds), args.pipelines, args.target)
