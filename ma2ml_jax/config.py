@@ -53,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Replace an asked pipeline whose reward is known (evaluated before, or twice in a batch) by a
     # fresh sample, and tell the learner the known reward (agents.repeats; random, ma2ml*, lite).
     c.search.avoid_repeats = True
+    c.search.checkpoint = True  # orbax checkpoint of the searcher state after every iteration
     c.search.repeat_rounds = 10  # asks for replacements before a repeat is evaluated again
 
     # MA2ML (agents.ma2ml; docs/BENCHMARKS.md has the sweep behind these defaults).

@@ -134,6 +134,20 @@ class RepeatGuard:
         """Evaluated pipelines that had been evaluated before (or twice in one batch)."""
         return self.evaluated_repeats / max(self.evaluated, 1)
 
+    @property
+    def counters(self) -> dict[str, int]:
+        return {"asked": self.asked, "asked_repeats": self.asked_repeats,
+                "evaluated": self.evaluated, "evaluated_repeats": self.evaluated_repeats}
+
+    def restore(self, counters: Mapping[str, int], actions: Mapping[str, Any], rewards) -> None:
+        """State of a resumed search: the saved counters, and the history rebuilt from every
+        evaluated pipeline in order ({agent: int[N, n]}, float[N], as in the trial log).
+        """
+        for name, value in counters.items():
+            setattr(self, name, int(value))
+        for p, r in enumerate(rewards):
+            self.history.setdefault(pipeline_key(actions, p), float(r))
+
     def propose(self, state, key):
         actions, state = self.searcher.ask(state, key)
         actions = {a: np.asarray(v) for a, v in actions.items()}

@@ -1,0 +1,86 @@
+"""Searcher checkpoints with orbax's CheckpointManager, in step with the trial log.
+
+After every iteration the driver saves the searcher state (policies, target policies, critic,
+optimizer states, replay buffer, random keys, iteration: whatever pytree the searcher keeps) and
+the driver's repeat counters under `workdir/checkpoints/<iteration>`. On resume it restores the
+newest checkpoint not ahead of the trial log and replays only the logged iterations after it
+through ask/tell (usually none; one when a kill fell between the log write and the save).
+
+A searcher whose state is not a pytree of arrays (TPE keeps an Optuna study) is not saved: its
+resume replays the whole log, which rebuilds the same state (see `search`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+DIRECTORY = "checkpoints"
+_KEY_MARK = "__prng_key__"
+
+
+def checkpointable(state: Any) -> bool:
+    """True when every leaf of `state` is an array (or a Python/numpy scalar)."""
+    return all(isinstance(x, (jax.Array, np.ndarray, np.generic, int, float, bool))
+               for x in jax.tree.leaves(state))
+
+
+def _is_key(x) -> bool:
+    return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def to_savable(state: Any) -> Any:
+    """Host numpy arrays; typed PRNG keys become their raw key data."""
+    return jax.tree.map(lambda x: np.asarray(jax.random.key_data(x)) if _is_key(x)
+                        else np.asarray(x), state)
+
+
+def from_savable(saved: Any, like: Any) -> Any:
+    """Inverse of `to_savable`, given a state of the same structure (`searcher.init(...)`)."""
+    def restore(x, ref):
+        if _is_key(ref):
+            return jax.random.wrap_key_data(np.asarray(x), impl=jax.random.key_impl(ref))
+        if isinstance(ref, jax.Array):
+            return jax.numpy.asarray(x, ref.dtype)
+        if isinstance(ref, np.ndarray | np.generic):
+            return np.asarray(x, ref.dtype)
+        return type(ref)(np.asarray(x))
+    return jax.tree.map(restore, saved, like)
+
+
+class SearchCheckpoints:
+    """`workdir/checkpoints/<step>`, step = iterations completed; keeps the newest two."""
+
+    def __init__(self, workdir: str, max_to_keep: int = 2):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.directory = os.path.abspath(os.path.join(workdir, DIRECTORY))
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=False))
+
+    def latest_step(self, at_most: int) -> int | None:
+        steps = [s for s in self.manager.all_steps() if s <= at_most]
+        return max(steps) if steps else None
+
+    def save(self, step: int, state: Any, counters: dict[str, int]) -> None:
+        item = {"searcher": to_savable(state),
+                "counters": {k: np.asarray(v, np.int64) for k, v in counters.items()}}
+        self.manager.save(step, args=self._ocp.args.StandardSave(item), force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, like_state: Any, counters: dict[str, int]
+                ) -> tuple[Any, dict[str, int]]:
+        like = {"searcher": to_savable(like_state),
+                "counters": {k: np.asarray(v, np.int64) for k, v in counters.items()}}
+        got = self.manager.restore(step, args=self._ocp.args.StandardRestore(like))
+        return (from_savable(got["searcher"], like_state),
+                {k: int(v) for k, v in got["counters"].items()})
+
+    def close(self) -> None:
+        self.manager.close()
