@@ -5,9 +5,13 @@
 
 Every evaluated pipeline is appended to `workdir/trials.jsonl` (one JSON object a line: iteration,
 index, decoded pipeline, tokens, reward, accuracy, FLOPs, params, wall time, failure reason).
-Rerunning with the same workdir resumes: the completed iterations are replayed through the
-searcher's ask/tell from the log (per-iteration keys are `fold_in(seed, iteration)`, so the replay
-rebuilds the searcher state exactly, without evaluating anything again), then the search goes on.
+Rerunning with the same workdir resumes. After every iteration the searcher state is saved with
+orbax (`checkpoint.py`, `workdir/checkpoints/`) in step with the log; a resume restores the newest
+checkpoint and replays any logged iteration after it through the searcher's ask/tell
+(per-iteration keys are `fold_in(seed, iteration)`, so the replay rebuilds the searcher state
+exactly, without evaluating anything again). A searcher whose state is not arrays (TPE), or a run
+with `search.checkpoint=False`, replays the whole log. A partial iteration of a killed run is
+dropped from the log and evaluated again.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from ma2ml_jax import agents, data, rewards, spaces
+from ma2ml_jax import agents, data, report, rewards, spaces, tensorboard
+from ma2ml_jax import checkpoint as checkpoint_lib
 from ma2ml_jax import config as config_lib
 from ma2ml_jax.errors import ConfigError, UserError
 
@@ -101,7 +106,25 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective
     guard = agents.RepeatGuard(searcher, avoid, config.search.repeat_rounds)
     propose, learn = guard.propose, guard.learn
 
-    for it in range(done):  # resume: replay the logged iterations through ask/tell
+    checkpoints = None
+    if config.search.checkpoint and checkpoint_lib.checkpointable(state):
+        try:
+            checkpoints = checkpoint_lib.SearchCheckpoints(workdir)
+        except OSError as e:
+            raise UserError(f"cannot write checkpoints under {workdir!r}: {e}") from e
+    first = 0
+    if checkpoints is not None and done:
+        step = checkpoints.latest_step(at_most=done)
+        if step:
+            state, counters = checkpoints.restore(step, state, guard.counters)
+            before = sorted((t for t in trials if t["iteration"] < step),
+                            key=lambda t: (t["iteration"], t["index"]))
+            guard.restore(counters, {a: np.asarray([t["tokens"][a] for t in before], np.int32)
+                                     for a in space.agents}, [t["reward"] for t in before])
+            first = step
+            tqdm.write(f"resuming {workdir}: searcher state restored from the checkpoint of "
+                       f"iteration {step}")
+    for it in range(first, done):  # resume: replay the logged iterations through ask/tell
         k_ask, _ = _iteration_keys(root, it)
         actions, replaced, state = propose(state, k_ask)
         logged = sorted((t for t in trials if t["iteration"] == it), key=lambda t: t["index"])
@@ -117,6 +140,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective
     bar = tqdm(range(done, config.search.iterations), total=config.search.iterations,
                initial=done, desc="search", unit="iter", disable=not progress, dynamic_ncols=True)
     start, evaluated = time.perf_counter(), 0
+    scalars = tensorboard.ScalarWriter(os.path.join(workdir, "tensorboard"))
     for it in bar:
         k_ask, k_eval = _iteration_keys(root, it)
         tokens, replaced, state = propose(state, k_ask)
@@ -129,12 +153,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective
         with open(log_path, "a") as f:
             f.writelines(json.dumps(t) + "\n" for t in new)
         trials.extend(new)
+        scalars.scalars(report.iteration_scalars(new, trials), step=it)
+        if checkpoints is not None:
+            checkpoints.save(it + 1, state, guard.counters)
         evaluated += len(new)
         hours = (time.perf_counter() - start) / 3600
         bar.set_postfix(best=f"{max(t['reward'] for t in trials):.4f}",
                         pipelines_per_hour=f"{evaluated / max(hours, 1e-9):.0f}",
                         repeats=f"{guard.repeat_fraction:.0%}")
     bar.close()
+    scalars.close()
+    if checkpoints is not None:
+        checkpoints.close()
     if not trials:
         raise ConfigError("search.iterations is 0: nothing was evaluated")
     best = max(trials, key=lambda t: t["reward"])
