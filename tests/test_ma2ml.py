@@ -9,8 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ma2ml_jax.agents.ma2ml import (MA2MLConfig, actor_surrogate, build_ma2ml,
-                                    counterfactual_baseline, make_ma2ml)
+from ma2ml_jax.agents.ma2ml import (
+    MA2MLConfig,
+    actor_surrogate,
+    build_ma2ml,
+    counterfactual_baseline,
+    make_ma2ml,
+)
 from ma2ml_jax.agents.policy import make_policy
 from ma2ml_jax.agents.random import make_random_search
 from ma2ml_jax.bench.objectives import make_objective

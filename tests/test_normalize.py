@@ -4,8 +4,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ma2ml_jax.agents.normalize import (RunningStats, finite_rewards, pad_batch, standardize,
-                                        update_stats)
+from ma2ml_jax.agents.normalize import (
+    RunningStats,
+    finite_rewards,
+    pad_batch,
+    standardize,
+    update_stats,
+)
 
 
 def test_batched_updates_equal_the_statistics_of_everything_seen():

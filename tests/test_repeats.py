@@ -1,15 +1,13 @@
 """Repeats (issue 5, item 5): a pipeline already evaluated, or duplicated within its batch, is
 replaced by a fresh sample, and its known reward is still told to the learner."""
 
-import itertools
 
 import jax
 import numpy as np
 import pytest
 
-from ma2ml_jax import agents
+from ma2ml_jax import agents, search
 from ma2ml_jax import config as config_lib
-from ma2ml_jax import search
 from ma2ml_jax.agents.random import make_random_search
 from ma2ml_jax.bench.objectives import synthetic_space
 

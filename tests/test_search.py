@@ -124,7 +124,8 @@ def test_bad_config_values(tmp_path, key, value, message):
 @pytest.mark.parametrize("algorithm, key, value, message", [
     ("ma2ml", "ma2ml.tau", 0.0, "ma2ml.tau=0.0 must be in (0, 1]"),
     ("ma2ml_onpolicy", "ma2ml.actor_actions", "buffer", "ma2ml.actor_actions='buffer' is not"),
-    ("ma2ml", "ma2ml.lambda", 0.1, "ma2ml.lambda is not a key of ma2ml; valid: policy, hidden, lam"),
+    ("ma2ml", "ma2ml.lambda", 0.1,
+     "ma2ml.lambda is not a key of ma2ml; valid: policy, hidden, lam"),
     ("lite", "lite.baseline_decay", 1.0, "lite.baseline_decay=1.0 must be in [0, 1)"),
     ("random", "search.repeat_rounds", -1, "search.repeat_rounds=-1 must be >= 0"),
 ])

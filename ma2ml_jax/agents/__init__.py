@@ -6,8 +6,13 @@ import ml_collections
 
 from ma2ml_jax.agents.base import Actions, Searcher
 from ma2ml_jax.agents.random import make_random_search
-from ma2ml_jax.agents.repeats import (RepeatGuard, avoid_repeats, count_repeats, known_rewards,
-                                      pipeline_key)
+from ma2ml_jax.agents.repeats import (
+    RepeatGuard,
+    avoid_repeats,
+    count_repeats,
+    known_rewards,
+    pipeline_key,
+)
 from ma2ml_jax.config import ALGORITHMS
 from ma2ml_jax.errors import ConfigError, choices
 from ma2ml_jax.spaces import PipelineSpace

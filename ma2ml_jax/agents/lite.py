@@ -47,9 +47,10 @@ class LiteState(NamedTuple):
     iteration: jax.Array  # int32[]
 
 
-def make_lite(space: PipelineSpace, num_pipelines: int, config: LiteConfig = LiteConfig()
+def make_lite(space: PipelineSpace, num_pipelines: int, config: LiteConfig | None = None
               ) -> Searcher:
     """MA2ML-Lite over `space`, `num_pipelines` pipelines per iteration."""
+    config = config or LiteConfig()
     config.check()
     if num_pipelines < 1:
         raise ValueError(f"num_pipelines must be >= 1, got {num_pipelines}")

@@ -33,8 +33,13 @@ import optax
 
 from ma2ml_jax.agents.base import Searcher
 from ma2ml_jax.agents.critic import critic_loss, make_critic
-from ma2ml_jax.agents.normalize import (RunningStats, finite_rewards, pad_batch, standardize,
-                                        update_stats)
+from ma2ml_jax.agents.normalize import (
+    RunningStats,
+    finite_rewards,
+    pad_batch,
+    standardize,
+    update_stats,
+)
 from ma2ml_jax.agents.policy import POLICIES, make_policy
 from ma2ml_jax.agents.replay import ReplayState, make_replay
 from ma2ml_jax.spaces import PipelineSpace
@@ -161,15 +166,16 @@ def actor_surrogate(policies, params, current, target, q_apply, actions, alterna
     return loss, (advantage, log_ratio)
 
 
-def make_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig = MA2MLConfig()
+def make_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig | None = None
                ) -> Searcher:
     """MA2ML over `space`, `num_pipelines` pipelines per iteration."""
     return build_ma2ml(space, num_pipelines, config).searcher
 
 
-def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig = MA2MLConfig()
+def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig | None = None
                 ) -> MA2ML:
     """`make_ma2ml`, returning the searcher with its policies, critic, replay and update step."""
+    config = config or MA2MLConfig()
     config.check()
     if num_pipelines < 1:
         raise ValueError(f"num_pipelines must be >= 1, got {num_pipelines}")

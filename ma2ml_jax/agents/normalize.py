@@ -35,7 +35,8 @@ class RunningStats(NamedTuple):
 def update_stats(stats: RunningStats, values: jax.Array, valid: jax.Array | None = None
                  ) -> RunningStats:
     """Merges a batch float32[B] (its `valid` entries, all by default) into the running
-    statistics (exact, order-independent)."""
+    statistics (exact, order-independent).
+    """
     values = jnp.asarray(values, jnp.float32)
     w = jnp.ones_like(values) if valid is None else jnp.asarray(valid, jnp.float32)
     n_b = w.sum()
@@ -44,7 +45,8 @@ def update_stats(stats: RunningStats, values: jax.Array, valid: jax.Array | None
     n = stats.count + n_b
     delta = mean_b - stats.mean
     frac = n_b / jnp.maximum(n, 1.0)
-    return RunningStats(n, stats.mean + delta * frac, stats.m2 + m2_b + delta**2 * stats.count * frac)
+    return RunningStats(n, stats.mean + delta * frac,
+                        stats.m2 + m2_b + delta**2 * stats.count * frac)
 
 
 def standardize(stats: RunningStats, values: jax.Array) -> jax.Array:
@@ -53,7 +55,8 @@ def standardize(stats: RunningStats, values: jax.Array) -> jax.Array:
 
 def finite_rewards(rewards: jax.Array, valid: jax.Array | None = None) -> jax.Array:
     """Non-finite rewards (a diverged pipeline told as NaN) become the batch's worst finite one
-    (among the `valid` entries, all by default)."""
+    (among the `valid` entries, all by default).
+    """
     rewards = jnp.asarray(rewards, jnp.float32)
     ok = jnp.isfinite(rewards)
     considered = ok if valid is None else ok & valid
@@ -65,7 +68,8 @@ def pad_batch(actions, rewards, multiple: int):
     """Pads a told batch with zero rows up to a multiple of `multiple` (a searcher's P), so
     that a tell of P pipelines plus any number of replaced repeats compiles once per bucket
     (P, 2P) instead of once per size. On the host (numpy): no device op per shape.
-    Returns (actions int32, rewards float32, valid bool[B'])."""
+    Returns (actions int32, rewards float32, valid bool[B']).
+    """
     rewards = np.asarray(rewards, np.float32)
     b = rewards.shape[0]
     size = max(multiple, -(-b // multiple) * multiple)

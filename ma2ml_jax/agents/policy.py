@@ -49,7 +49,7 @@ class Policy(NamedTuple):
     max_size: int
 
     def log_prob(self, params, tokens: jax.Array) -> jax.Array:
-        """log pi(tokens): float32[...] for tokens int32[..., n]."""
+        """Log pi(tokens): float32[...] for tokens int32[..., n]."""
         tokens = jnp.asarray(tokens)
         logp = jax.nn.log_softmax(self.logits(params, tokens), axis=-1)
         return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0].sum(-1)

@@ -46,7 +46,8 @@ def make_replay(capacity: int) -> Replay:
 
     def add(state, batch, count=None):
         """Writes the batch's first `count` rows (all by default; a traced int is fine, so a
-        batch padded to a fixed size compiles once)."""
+        batch padded to a fixed size compiles once).
+        """
         sizes = {x.shape[0] for x in jax.tree.leaves(batch)}
         if len(sizes) != 1:
             raise ValueError(f"every leaf of a replay batch needs the same leading size: {sizes}")
@@ -63,7 +64,8 @@ def make_replay(capacity: int) -> Replay:
 
     def sample(state, key, size: int, recent=None):
         """`size` items drawn uniformly (with replacement) from the buffer, or from its
-        `recent` most recently added items (a traced int is fine)."""
+        `recent` most recently added items (a traced int is fine).
+        """
         window = state.size if recent is None else jnp.clip(recent, 1, state.size)
         back = jax.random.randint(key, (size,), 0, jnp.maximum(window, 1))
         index = (state.position - 1 - back) % capacity

@@ -3,7 +3,8 @@
 A `CooperativeObjective` has agents (like AUG / NAS / HPO) whose actions are vectors of
 categorical decisions. Its reward, normalized so that the optimum is exactly 1, is
 
-    R(A) = [ sum_d w_d [a_d = t_d]  +  sum_{(d, e)} c_de ([a_d = t_d][a_e = t_e] - g [a_d = t_d] xor [a_e = t_e]) ] / Z
+    R(A) = [ sum_d w_d [a_d = t_d]
+             + sum_{(d, e)} c_de ([a_d = t_d][a_e = t_e] - g [a_d = t_d] xor [a_e = t_e]) ] / Z
 
 with a hidden target token t_d per decision, unary weights w_d, and pair terms between decisions
 of DIFFERENT agents: getting one side of a pair right without the other costs g * c_de, so an

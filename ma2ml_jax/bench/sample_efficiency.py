@@ -287,10 +287,44 @@ def _cifar_config():
     return module.get_config()
 
 
+def _timed(fn, n: int) -> float:
+    """Median seconds of fn(i), i < n, each waited for."""
+    times = []
+    for i in range(n):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(i))
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def _time_ma2ml(space, pipelines: int, cfg, repeats: int, images: int) -> dict[str, float]:
+    from ma2ml_jax.agents.ma2ml import build_ma2ml
+
+    parts = build_ma2ml(space, pipelines, cfg)
+    s = parts.searcher
+    state = s.init(jax.random.key(0))
+    actions, state = s.ask(state, jax.random.key(1))
+    rewards = np.linspace(0.1, 0.9, pipelines).astype(np.float32)
+    state, _ = s.tell(state, actions, rewards)  # compile and fill the buffer
+    jax.block_until_ready(parts.update_step(state, jax.random.key(2)))
+    update = _timed(lambda i: parts.update_step(state, jax.random.key(i))[1], repeats)
+    ask = _timed(lambda i: s.ask(state, jax.random.key(i))[0], repeats)
+    holder = {"state": state}
+
+    def one_tell(i):
+        holder["state"], metrics = s.tell(holder["state"], actions, rewards)
+        return metrics
+
+    tell = _timed(one_tell, max(repeats // 4, 3))
+    return {"update_s": update, "tell_s": tell, "ask_s": ask, "updates_per_tell": cfg.updates,
+            # the evaluator speed at which ask + tell reach 2% of an iteration's time
+            "break_even_images_per_s": images / ((tell + ask) / 0.02)}
+
+
 def timing(repeats: int = 20) -> dict[str, Any]:
     """One MA2ML update and one tell on the CIFAR config's spaces, 24 pipelines, K = 8."""
     from ma2ml_jax import search
-    from ma2ml_jax.agents.ma2ml import MA2MLConfig, build_ma2ml
+    from ma2ml_jax.agents.ma2ml import MA2MLConfig
 
     c = _cifar_config()
     space = search.make_pipeline_space(c.spaces)
@@ -300,37 +334,10 @@ def timing(repeats: int = 20) -> dict[str, Any]:
     images = pipelines * c.evaluate.epochs * train_images
     out = {"decisions": decisions, "pipelines": pipelines, "device": str(jax.devices()[0]),
            "images_per_iteration": images, "policies": {}}
+    defaults = dict(c.ma2ml, critic_hidden=tuple(c.ma2ml.critic_hidden), num_alternatives=8)
     for policy in ("factorized", "autoregressive"):
-        cfg = MA2MLConfig(policy=policy, num_alternatives=8)
-        parts = build_ma2ml(space, pipelines, cfg)
-        s = parts.searcher
-        state = s.init(jax.random.key(0))
-        actions, state = s.ask(state, jax.random.key(1))
-        rewards = np.linspace(0.1, 0.9, pipelines).astype(np.float32)
-        state, _ = s.tell(state, actions, rewards)  # compile and fill the buffer
-
-        def timed(fn, n):
-            times = []
-            for i in range(n):
-                t = time.perf_counter()
-                jax.block_until_ready(fn(i))
-                times.append(time.perf_counter() - t)
-            return float(np.median(times))
-
-        jax.block_until_ready(parts.update_step(state, jax.random.key(2)))
-        update = timed(lambda i: parts.update_step(state, jax.random.key(i))[1], repeats)
-        ask = timed(lambda i: s.ask(state, jax.random.key(i))[0], repeats)
-        holder = {"state": state}
-
-        def one_tell(i):
-            holder["state"], m = s.tell(holder["state"], actions, rewards)
-            return m
-
-        tell = timed(one_tell, max(repeats // 4, 3))
-        out["policies"][policy] = {"update_s": update, "tell_s": tell, "ask_s": ask,
-                                   "updates_per_tell": cfg.updates,
-                                   # the evaluator speed at which ask + tell reach 2% of the time
-                                   "break_even_images_per_s": images / ((tell + ask) / 0.02)}
+        out["policies"][policy] = _time_ma2ml(
+            space, pipelines, MA2MLConfig(**{**defaults, "policy": policy}), repeats, images)
     return out
 
 
