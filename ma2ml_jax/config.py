@@ -60,10 +60,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.ma2ml = ml_collections.ConfigDict()
     c.ma2ml.policy = "factorized"  # factorized | autoregressive (a GRU controller)
     c.ma2ml.hidden = 64  # autoregressive controller width
-    c.ma2ml.lam = 0.1  # lambda: weight of log(pi/rho) (12)-(13), the brake on policy moves
+    c.ma2ml.lam = 3.0  # lambda: weight of log(pi/rho) (12)-(13), the brake on policy moves
     c.ma2ml.tau = 0.1  # Polyak rate of the target policies (14)
     c.ma2ml.num_alternatives = 8  # K: alternative actions per agent in the baseline (12)
-    c.ma2ml.actor_lr = 0.05
+    c.ma2ml.actor_lr = 0.02  # lam and actor_lr: the defaults sweep, docs/BENCHMARKS.md
     c.ma2ml.critic_lr = 3e-3
     c.ma2ml.updates = 10  # update steps (critic, actors, targets) per iteration
     c.ma2ml.critic_batch = 64
@@ -139,10 +139,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.termination.min_epochs = 3  # the automatic number of epochs never goes below this
     c.termination.untimed_batches = 1  # first batches of an attempt (compilation) not timed
 
+    # Retraining of the top-k pipelines after the search (retrain.py; Algorithm 1, lines 14-16).
     c.retrain = ml_collections.ConfigDict()
     c.retrain.top_k = 3
     c.retrain.epochs = 10
     c.retrain.seeds = 2
+    c.retrain.max_train = 0  # > 0: cap on the retraining split (train + val carve-out), seeded
+    # exact: an exactly-shaped network per architecture (one compile, amortized over a long
+    # training run); masked: the search's max-size network; auto: exact.
+    c.retrain.network = "auto"
+    # FLOPs budgets of the constrained table (the paper's 500M/600M/700M); () with
+    # reward.kind='mnas': flops_target x (5/6, 1, 7/6).
+    c.retrain.flops_budgets = ()
     return c
 
 
@@ -174,6 +182,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"evaluate.{key}={config.evaluate[key]} must be >= 1")
     if config.data.val_size < 1:
         raise ConfigError(f"data.val_size={config.data.val_size} must be >= 1")
+    _validate_retrain(config.retrain)
     if config.reward.kind == "mnas" and not config.reward.flops_target > 0:
         raise ConfigError("reward.flops_target must be > 0 for reward.kind='mnas'")
     if config.reward.kind == "iranfar" and not math.isclose(
@@ -196,6 +205,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"two agents use space kind {kind!r}; each module is one agent")
     if "macro" in kinds and "cell" in kinds:
         raise ConfigError("spaces has both a 'macro' and a 'cell' architecture; pick one")
+
+
+def _validate_retrain(r: ml_collections.ConfigDict) -> None:
+    for key in ("top_k", "epochs", "seeds"):
+        if r[key] < 1:
+            raise ConfigError(f"retrain.{key}={r[key]} must be >= 1")
+    if r.max_train < 0:
+        raise ConfigError(f"retrain.max_train={r.max_train} must be >= 0 (0: the whole split)")
+    if r.network not in NETWORKS:
+        raise ConfigError(f"retrain.network={r.network!r} is not one of {choices(NETWORKS)}")
+    if any(not b > 0 for b in r.flops_budgets):
+        raise ConfigError(f"retrain.flops_budgets={tuple(r.flops_budgets)} must all be > 0")
 
 
 def _validate_layerwise(config: ml_collections.ConfigDict) -> None:

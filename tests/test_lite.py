@@ -77,3 +77,9 @@ def test_padded_rows_do_not_count():
     state, metrics = s.tell(state, actions, r)
     assert float(state.stats.count) == 5
     assert float(metrics["mean_reward"]) == pytest.approx(0.4, abs=1e-6)
+
+
+def test_class_defaults_are_the_config_defaults():
+    from ma2ml_jax import config as config_lib
+
+    assert dict(config_lib.base_config().lite) == LiteConfig()._asdict()

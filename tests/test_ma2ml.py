@@ -194,3 +194,14 @@ def test_nan_reward_is_told_as_the_worst():
 def test_bad_options_name_the_key(options, message):
     with pytest.raises(ValueError, match=message):
         make_ma2ml(TABLE.space, 4, MA2MLConfig(**options))
+
+
+def test_class_defaults_are_the_config_defaults():
+    """The swept defaults live in two places (the NamedTuple and config.py): they must agree."""
+    from ma2ml_jax import config as config_lib
+
+    section = dict(config_lib.base_config().ma2ml)
+    section["critic_hidden"] = tuple(section["critic_hidden"])
+    expected = MA2MLConfig()._asdict()
+    expected.pop("on_policy")  # chosen by search.algorithm=ma2ml_onpolicy
+    assert section == expected

@@ -65,10 +65,10 @@ class MA2MLConfig(NamedTuple):
 
     policy: str = "factorized"  # factorized | autoregressive
     hidden: int = 64  # autoregressive controller width
-    lam: float = 0.1  # lambda: weight of log(pi/rho), the brake on how far pi moves
+    lam: float = 3.0  # lambda: weight of log(pi/rho), the brake on how far pi moves
     tau: float = 0.1  # Polyak rate of the target policies (14)
     num_alternatives: int = 8  # K: samples of A_i' per agent in the baseline (12)
-    actor_lr: float = 0.05
+    actor_lr: float = 0.02
     critic_lr: float = 3e-3
     updates: int = 10  # update steps per iteration (tell)
     critic_batch: int = 64

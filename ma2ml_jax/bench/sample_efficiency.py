@@ -244,11 +244,11 @@ def plot(results: dict[str, Any], path: str, target: float) -> None:
 
 # -------------------------------------------------------------------------------- the sweep
 SWEEP_MA2ML = [{"ma2ml.lam": lam, "ma2ml.actor_lr": lr}
-               for lam in (0.03, 0.3, 3.0) for lr in (0.02, 0.05, 0.15)]
+               for lam in (0.03, 0.3, 3.0, 30.0) for lr in (0.02, 0.05, 0.15)]
 SWEEP_LITE = [{"lite.lr": lr} for lr in (0.03, 0.1, 0.3)]
 
 
-def sweep(pipelines: int, target: float) -> dict[str, Any]:
+def sweep(pipelines: int, target: float, only: str = "") -> dict[str, Any]:
     objectives = {}
     for tname, (shape, budget) in TUNING.items():
         for seed in TUNING_OBJECTIVE_SEEDS:
@@ -265,6 +265,8 @@ def sweep(pipelines: int, target: float) -> dict[str, Any]:
             "lite", o, True)
     out = {}
     for cname, algo in candidates.items():
+        if only and only not in cname:
+            continue
         res = run_grid(objectives, {cname: algo}, TUNING_SEARCHER_SEEDS, pipelines, target,
                        progress=False)
         per = [res[o][cname] for o in objectives]
@@ -355,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="scales every objective's evaluation budget")
     parser.add_argument("--out", default="sample_efficiency", help="directory for JSON and PNG")
     parser.add_argument("--sweep", action="store_true", help="run the defaults sweep instead")
+    parser.add_argument("--sweep_only", default="",
+                        help="run only the sweep candidates whose name contains this")
     parser.add_argument("--timing", action="store_true", help="only time MA2ML's update")
     parser.add_argument("--no_timing", action="store_true")
     parser.add_argument("--merge", default="",
@@ -376,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"plot: {png}")
         args.no_timing = True
     elif args.sweep:
-        record["sweep"] = sweep(args.pipelines, args.target)
+        record["sweep"] = sweep(args.pipelines, args.target, args.sweep_only)
     elif not args.timing:
         unknown = [a for a in args.algorithms.split(",") if a not in ALGORITHMS]
         sizes = args.sizes.split(",")
