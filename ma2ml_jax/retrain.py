@@ -1,0 +1,583 @@
+r"""Retraining after the search (Algorithm 1, lines 14-16): top-k pipelines, test accuracy.
+
+  python -m ma2ml_jax.retrain --workdir=runs/mine --top_k=3
+  python -m ma2ml_jax.retrain --workdir=runs/mine --top_k=20 --seeds=1 --epochs=400 \
+      --flops_budgets=500e6,600e6,700e6
+
+Reads the search's `config.json` and `trials.jsonl` from the workdir, picks the k pipelines of
+the highest search reward (failed ones left out, a pipeline evaluated several times counted
+once), and trains each with its whole recipe (its augmentation policy, architecture and training
+recipe) through the evaluator's own code path (`evaluate.make_evaluator`), but for
+`retrain.epochs` epochs on the full training split (train plus the validation images the search
+held out) and measured on the dataset's test split, once per seed. FLOPs and parameters are the
+ones the search logged (`cost.py`).
+
+Writes `workdir/retrain/results.json` (every run, per-pipeline mean and standard deviation of test
+accuracy over seeds, the FLOPs-budget selection) and `workdir/retrain/results.md` (the tables).
+With FLOPs budgets (`--flops_budgets`, `retrain.flops_budgets`, or by default for a search with
+the MnasNet reward) a second table gives, per budget, the retrained pipeline of the highest mean
+test accuracy whose FLOPs are under it: the paper retrains the pipelines with fewer than
+500M / 600M / 700M FLOPs and picks the best (MA2ML-A/B/C).
+
+Rerunning resumes: a pipeline x seed already in results.json (with the same epochs and data cap)
+is not trained again, so raising --top_k or --seeds trains only what is new.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from ma2ml_jax import data as data_lib
+from ma2ml_jax.errors import EXIT_USER_ERROR, ConfigError, UserError
+
+CONFIG = "config.json"
+TRIALS = "trials.jsonl"
+RESULTS_DIR = "retrain"
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+# fold_in tag of the retraining keys: apart from the search's per-iteration keys (1, 2, ...).
+RETRAIN_STREAM = 0x52455452
+# The paper's budgets around its 600M constraint (500M / 600M / 700M), as fractions of T.
+MNAS_BUDGET_FRACTIONS = (5 / 6, 1.0, 7 / 6)
+
+
+class Candidate(NamedTuple):
+    """One of the top-k pipelines of the search, as its best trial logged it."""
+
+    rank: int  # 1 = the highest search reward
+    key: str  # canonical JSON of the tokens: a pipeline's identity
+    tokens: dict[str, list[int]]
+    reward: float  # search reward (the best one when it was evaluated several times)
+    accuracy: float  # search (validation, proxy) accuracy
+    flops: float
+    params: int
+    iteration: int
+    index: int
+
+
+class RetrainResult(NamedTuple):
+    records: list[dict[str, Any]]  # one per retrained pipeline, by rank
+    budgets: list[dict[str, Any]]  # one per FLOPs budget: {"flops_budget", "best"}
+    trained: int  # pipeline x seed runs trained by this call (the rest came from results.json)
+    table: str  # the Markdown tables written to results.md
+    path: str  # results.json
+
+
+# ---------------------------------------------------------------------------------- selection
+def pipeline_key(tokens: Mapping[str, Sequence[int]]) -> str:
+    """A pipeline's identity: its tokens as canonical JSON."""
+    return json.dumps({a: [int(x) for x in v] for a, v in tokens.items()}, sort_keys=True,
+                      separators=(",", ":"))
+
+
+def succeeded(trial: Mapping[str, Any]) -> bool:
+    reward = trial.get("reward")
+    return (trial.get("failure") is None and reward is not None
+            and math.isfinite(float(reward)))
+
+
+def top_k_pipelines(trials: Sequence[Mapping[str, Any]], k: int) -> list[Candidate]:
+    """The k best distinct pipelines by search reward (Algorithm 1, line 14).
+
+    Failed trials are left out; a pipeline evaluated several times (the same tokens) counts once,
+    with its best reward; ties go to the earlier trial. Fewer than k when fewer are distinct.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    ranked = sorted((t for t in trials if succeeded(t)),
+                    key=lambda t: (-float(t["reward"]), t.get("iteration", 0), t.get("index", 0)))
+    out: list[Candidate] = []
+    seen: set[str] = set()
+    for t in ranked:
+        key = pipeline_key(t["tokens"])
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(Candidate(len(out) + 1, key, {a: [int(x) for x in v]
+                                                 for a, v in t["tokens"].items()},
+                             float(t["reward"]), float(t.get("accuracy", math.nan)),
+                             float(t.get("flops", 0.0)), int(t.get("params", 0)),
+                             int(t.get("iteration", 0)), int(t.get("index", 0))))
+        if len(out) == k:
+            break
+    return out
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value) over seeds."""
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def best_under_budgets(records: Sequence[Mapping[str, Any]], budgets: Sequence[float]
+                       ) -> list[dict[str, Any]]:
+    """For each FLOPs budget, the record of the highest mean test accuracy with FLOPs under it.
+
+    "Under" is strictly fewer FLOPs (the paper: "FLOPs fewer than 500M/600M/700M"). A pipeline
+    whose every seed failed is never picked; ties go to the better search rank.
+
+    Args:
+      records: dicts with "flops", "test_accuracy_mean", "rank" and optionally "failed" (the
+        number of failed seeds) and "seeds" (the list of seeds).
+      budgets: FLOPs budgets.
+
+    Returns:
+      [{"flops_budget": b, "best": record or None}] in the order of `budgets`.
+    """
+    out = []
+    for b in budgets:
+        fits = [r for r in records if float(r["flops"]) < b
+                and r.get("failed", 0) < max(1, len(r.get("seeds", [0])))]
+        best = max(fits, key=lambda r: (r["test_accuracy_mean"], -r["rank"]), default=None)
+        out.append({"flops_budget": float(b), "best": best})
+    return out
+
+
+def default_budgets(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+    """`retrain.flops_budgets`, else for the MnasNet reward T x (5/6, 1, 7/6), else none."""
+    budgets = tuple(float(b) for b in config.retrain.get("flops_budgets", ()) or ())
+    if budgets:
+        return budgets
+    if config.reward.kind == "mnas":
+        return tuple(config.reward.flops_target * f for f in MNAS_BUDGET_FRACTIONS)
+    return ()
+
+
+# ---------------------------------------------------------------------------------- training
+def retrain_dataset(dataset: data_lib.Dataset, max_train: int = 0, seed: int = 0
+                    ) -> data_lib.Dataset:
+    """The retraining view of a dataset: train = train + val, and the test split in "val".
+
+    The evaluator measures accuracy on `x_val`: here that is the test split, touched only now.
+    Normalization statistics are those of the new training split.
+
+    Args:
+      dataset: as loaded for the search (without its `max_train` cap).
+      max_train: if > 0, keep a seeded subset of this many training images.
+      seed: seed of that subset.
+    """
+    x = np.concatenate([dataset.x_train, dataset.x_val])
+    y = np.concatenate([dataset.y_train, dataset.y_val])
+    if max_train and max_train < len(y):
+        keep = np.sort(np.random.default_rng(seed).permutation(len(y))[:max_train])
+        x, y = x[keep], y[keep]
+    pixels = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    mean = pixels.mean(0).astype(np.float32)
+    std = np.maximum(pixels.std(0), 1e-3).astype(np.float32)
+    return dataset._replace(x_train=x, y_train=y, x_val=dataset.x_test, y_val=dataset.y_test,
+                            mean=mean, std=std)
+
+
+def retrain_config(config: ml_collections.ConfigDict, epochs: int) -> ml_collections.ConfigDict:
+    """The search config with the evaluator set up for retraining: `epochs` epochs, one pipeline
+    per call ("loop"), and `retrain.network` ("auto": the exactly-shaped network).
+    """
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.evaluate.epochs = int(epochs)
+    c.evaluate.strategy = "loop"  # one pipeline at a time: nothing to stack
+    network = config.retrain.get("network", "auto")
+    c.evaluate.network = "exact" if network == "auto" else network
+    # Layerwise (Iranfar) pipelines: no early termination while retraining; divergence only.
+    c.termination.batch_time = 0.0
+    c.termination.loss_threshold = math.inf
+    c.termination.min_epochs = min(int(c.termination.min_epochs), int(epochs))
+    return c
+
+
+def make_retrainer(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, space,
+                   log: Callable[[str], Any] = print
+                   ) -> Callable[[Mapping[str, Any], int], dict[str, Any]]:
+    """Returns `retrain(pipeline, seed) -> metrics` (accuracy on `dataset.x_val`, i.e. test).
+
+    Args:
+      config: `retrain_config(...)` of the search config.
+      dataset: `retrain_dataset(...)`.
+      space: the search's PipelineSpace.
+      log: receives the evaluator's messages.
+
+    Seed s uses the key fold_in(fold_in(key(config.seed), RETRAIN_STREAM), s): its own
+    initialization, data order and augmentation draws, the same for every pipeline.
+    """
+    import jax
+
+    from ma2ml_jax import evaluate as evaluate_lib
+    from ma2ml_jax.spaces.layerwise import is_layerwise
+
+    root = jax.random.fold_in(jax.random.key(config.seed), RETRAIN_STREAM)
+    if is_layerwise(space):
+        from ma2ml_jax.evaluate_layerwise import make_layerwise_evaluator
+
+        compiled: collections.OrderedDict = collections.OrderedDict()
+
+        def evaluator():  # a fresh epoch budget per run: every run trains `epochs` epochs
+            return make_layerwise_evaluator(config, dataset, space, log=lambda _: None,
+                                            compiled=compiled)
+    else:
+        shared = evaluate_lib.make_evaluator(config, dataset, space, log=log)
+
+        def evaluator():
+            return shared
+
+    def retrain(pipeline: Mapping[str, Any], seed: int) -> dict[str, Any]:
+        return evaluator()([pipeline], jax.random.fold_in(root, seed))[0]
+
+    return retrain
+
+
+# ---------------------------------------------------------------------------------- driver
+def run(workdir: str, *, top_k: int | None = None, seeds: int | None = None,
+        epochs: int | None = None, flops_budgets: Sequence[float] | None = None,
+        max_train: int | None = None, progress: bool = True) -> RetrainResult:
+    """Retrains (or resumes retraining) the top-k pipelines of the search in `workdir`.
+
+    Args:
+      workdir: a search's workdir (config.json and trials.jsonl).
+      top_k, seeds, epochs, max_train: None takes `retrain.*` of the search's config.
+      flops_budgets: budgets of the constrained table; None: `default_budgets(config)`.
+      progress: show a tqdm bar over the pipeline x seed runs.
+
+    Raises:
+      UserError: a missing workdir, config or trial log, no successful trial, a bad argument.
+    """
+    config, trials = load_search(workdir)
+    r = config.retrain
+    top_k = r.top_k if top_k is None else top_k
+    seeds = r.seeds if seeds is None else seeds
+    epochs = r.epochs if epochs is None else epochs
+    max_train = r.get("max_train", 0) if max_train is None else max_train
+    budgets = default_budgets(config) if flops_budgets is None else tuple(flops_budgets)
+    for name, value in (("top_k", top_k), ("seeds", seeds), ("epochs", epochs)):
+        if value < 1:
+            raise UserError(f"--{name}={value} must be >= 1")
+    if max_train < 0:
+        raise UserError(f"--max_train={max_train} must be >= 0 (0: the whole training split)")
+    if any(not b > 0 for b in budgets):
+        raise UserError(f"--flops_budgets={','.join(f'{b:g}' for b in budgets)}: every budget "
+                        "must be > 0")
+    if not any(succeeded(t) for t in trials):
+        raise UserError(f"{os.path.join(workdir, TRIALS)}: none of its {len(trials)} trials "
+                        "succeeded (all failed): nothing to retrain")
+    candidates = top_k_pipelines(trials, top_k)
+    if len(candidates) < top_k:
+        tqdm.write(f"retrain: only {len(candidates)} distinct successful pipelines in the trial "
+                   f"log (--top_k={top_k}); retraining those")
+
+    from ma2ml_jax import search
+
+    space = search.make_pipeline_space(config.spaces)
+    pipelines = {c.key: _decode(space, c, workdir) for c in candidates}
+    settings = {"epochs": int(epochs), "max_train": int(max_train),
+                "network": str(r.get("network", "auto"))}
+    out_dir = os.path.join(workdir, RESULTS_DIR)
+    path = os.path.join(out_dir, RESULTS_JSON)
+    runs = _read_runs(path)
+    done = {(x["key"], x["seed"]) for x in runs if x.get("settings") == settings}
+    jobs = [(c, s) for c in candidates for s in range(seeds)]
+    pending = [(c, s) for c, s in jobs if (c.key, s) not in done]
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write {out_dir!r}: {e.strerror or e}") from e
+
+    if pending:
+        dataset = data_lib.load(config.data.source, val_size=config.data.val_size,
+                                seed=config.seed, classes=config.data.classes,
+                                num_classes=config.data.num_classes,
+                                data_dir=config.data.data_dir or None, max_train=0)
+        dataset = retrain_dataset(dataset, max_train, config.seed)
+        tqdm.write(f"retrain: {len(pending)} of {len(jobs)} runs to train ({len(candidates)} "
+                   f"pipelines x {seeds} seeds, {epochs} epochs); train {len(dataset.y_train)} "
+                   f"images (train + val), test {len(dataset.y_val)}")
+        retrain = make_retrainer(retrain_config(config, epochs), dataset, space, log=tqdm.write)
+        bar = tqdm(pending, total=len(jobs), initial=len(jobs) - len(pending), desc="retrain",
+                   unit="run", disable=not progress, dynamic_ncols=True)
+        for c, seed in bar:
+            t0 = time.perf_counter()
+            m = retrain(pipelines[c.key], seed)
+            runs.append({"key": c.key, "seed": seed, "settings": settings,
+                         "test_accuracy": float(m["accuracy"]), "failure": m.get("failure"),
+                         "loss": _finite_or_none(m.get("loss")),
+                         "flops": float(m.get("flops", 0.0)), "params": int(m.get("params", 0)),
+                         "wall_time": time.perf_counter() - t0})
+            # Written after every run: a killed retraining loses at most the run in progress.
+            _write_json(path, {"settings": settings, "runs": runs})
+            bar.set_postfix(rank=c.rank, seed=seed, test_acc=f"{m['accuracy']:.4f}")
+        bar.close()
+
+    records = _records(candidates, pipelines, runs, settings, seeds, space)
+    chosen = best_under_budgets(records, budgets) if budgets else []
+    table = format_tables(records, chosen, space, settings)
+    _write_json(path, {"workdir": os.path.abspath(workdir), "settings": settings,
+                       "top_k": top_k, "seeds": seeds, "std": "sample standard deviation "
+                       "(ddof=1) over seeds", "pipelines": records, "budgets": chosen,
+                       "runs": runs})
+    with open(os.path.join(out_dir, RESULTS_MD), "w") as f:
+        f.write(table)
+    return RetrainResult(records, chosen, len(pending), table, path)
+
+
+def load_search(workdir: str) -> tuple[ml_collections.ConfigDict, list[dict[str, Any]]]:
+    """(config, trials) of a search workdir; UserError (one line) when something is missing."""
+    if not os.path.isdir(workdir):
+        raise UserError(f"no such workdir: {workdir}")
+    trials_path = os.path.join(workdir, TRIALS)
+    if not os.path.isfile(trials_path):
+        raise UserError(f"{workdir} has no {TRIALS}: not a search workdir, or nothing evaluated")
+    config_path = os.path.join(workdir, CONFIG)
+    try:
+        with open(config_path) as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{workdir} has no {CONFIG}: the search's config is needed to "
+                        "retrain its pipelines") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {config_path}: {e}") from e
+    trials = []
+    with open(trials_path) as f:
+        for line in f:
+            if line.strip():
+                try:
+                    trials.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a line cut by a kill: everything after it is incomplete
+    if not trials:
+        raise UserError(f"{trials_path} holds no trial: nothing to retrain yet")
+    return _config_from_json(saved), trials
+
+
+# ---------------------------------------------------------------------------------- tables
+def format_tables(records: Sequence[Mapping[str, Any]], budgets: Sequence[Mapping[str, Any]],
+                  space=None, settings: Mapping[str, Any] | None = None) -> str:
+    """The Markdown tables of results.md: the top-k pipelines, then the FLOPs budgets."""
+    s = settings or {}
+    lines = [f"## Top-{len(records)} pipelines retrained"
+             + (f" ({s['epochs']} epochs" + (f", {s['max_train']} training images"
+                                             if s.get("max_train") else "") + ")"
+                if "epochs" in s else ""),
+             "",
+             "| rank | search reward | test accuracy (%) | FLOPs | params | pipeline |",
+             "|---:|---:|---:|---:|---:|---|"]
+    for r in records:
+        lines.append(f"| {r['rank']} | {r['reward']:.4f} | {_accuracy(r)} | "
+                     f"{_si(r['flops'])} | {_si(r['params'])} | "
+                     f"{compact(r['pipeline'], space)} |")
+    if budgets:
+        lines += ["", "## Best retrained pipeline under each FLOPs budget", "",
+                  "| FLOPs budget | rank | test accuracy (%) | FLOPs | params | pipeline |",
+                  "|---:|---:|---:|---:|---:|---|"]
+        for b in budgets:
+            r = b["best"]
+            if r is None:
+                lines.append(f"| < {_si(b['flops_budget'])} | - | none under the budget | "
+                             "- | - | - |")
+            else:
+                lines.append(f"| < {_si(b['flops_budget'])} | {r['rank']} | {_accuracy(r)} | "
+                             f"{_si(r['flops'])} | {_si(r['params'])} | "
+                             f"{compact(r['pipeline'], space)} |")
+    return "\n".join(lines) + "\n"
+
+
+_SHORT = {"learning_rate": "lr", "weight_decay": "wd", "label_smoothing": "ls",
+          "warmup_epochs": "warmup", "stochastic_depth": "sd", "resolution": "res",
+          "kernel": "k", "expansion": "e", "width": "w", "depth": "d", "stride": "s",
+          "learning_rate_schedule": "lr", "weight_decay_schedule": "wd", "optimizer": "opt"}
+
+
+def compact(pipeline: Mapping[str, Any], space=None, width: int = 160) -> str:
+    """A decoded pipeline on one line for a table cell: `agent: values; ...`, each agent cut to
+    `width` characters (results.json holds the whole pipeline).
+    """
+    parts = []
+    for agent, value in pipeline.items():
+        text = _compact_value(value)
+        if len(text) > width:
+            text = text[:width - 1] + "…"
+        parts.append(f"{agent}: {text}")
+    return "; ".join(parts).replace("|", "/")
+
+
+def _compact_value(v: Any) -> str:
+    if isinstance(v, Mapping):
+        if {"op", "prob", "magnitude"} <= set(v):  # an augmentation op
+            return f"{v['op']}({_num(v['prob'])},{_num(v['magnitude'])})"
+        items = [(k, x) for k, x in v.items()]
+        if len(items) == 1 and isinstance(items[0][1], list):  # {"subpolicies": [...]}
+            return _compact_value(items[0][1])
+        return " ".join(f"{_SHORT.get(k, k)}={_compact_value(x)}" for k, x in items)
+    if isinstance(v, (list, tuple)):
+        if v and all(isinstance(x, Mapping) and {"op", "prob", "magnitude"} <= set(x) for x in v):
+            return "+".join(_compact_value(x) for x in v)  # a sub-policy
+        inner = [_compact_value(x) for x in v]
+        return "[" + (", ".join(inner) if all(not isinstance(x, (Mapping, list, tuple))
+                                              for x in v) else " / ".join(inner)) + "]"
+    return _num(v)
+
+
+def _num(x: Any) -> str:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    return f"{x:g}"
+
+
+def _accuracy(r: Mapping[str, Any]) -> str:
+    n = len(r["seeds"])
+    text = f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f} ({n} seed" \
+           f"{'s' if n != 1 else ''})"
+    return text + (f", {r['failed']} failed" if r.get("failed") else "")
+
+
+def _si(x: float) -> str:
+    x = float(x)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _records(candidates, pipelines, runs, settings, seeds, space) -> list[dict[str, Any]]:
+    by_job = {(x["key"], x["seed"]): x for x in runs if x.get("settings") == settings}
+    records = []
+    for c in candidates:
+        mine = [by_job[(c.key, s)] for s in range(seeds)]
+        acc = [x["test_accuracy"] for x in mine]
+        mean, std = mean_std(acc)
+        records.append({"rank": c.rank, "reward": c.reward, "search_accuracy": c.accuracy,
+                        "flops": c.flops, "params": c.params, "iteration": c.iteration,
+                        "index": c.index, "seeds": list(range(seeds)), "test_accuracy": acc,
+                        "test_accuracy_mean": mean, "test_accuracy_std": std,
+                        "failed": sum(1 for x in mine if x.get("failure")),
+                        "failures": [x.get("failure") for x in mine],
+                        "tokens": c.tokens, "pipeline": pipelines[c.key]})
+    return records
+
+
+def _decode(space, c: Candidate, workdir: str) -> dict[str, Any]:
+    try:
+        if set(c.tokens) != set(space.agents):
+            raise ValueError(f"agents {sorted(c.tokens)} != {sorted(space.agents)}")
+        return space.decode({a: np.asarray(c.tokens[a]) for a in space.agents})
+    except Exception as e:  # noqa: BLE001 - a log written by another version of the spaces
+        raise UserError(f"{workdir}: the logged tokens of iteration {c.iteration} pipeline "
+                        f"{c.index} do not fit the config's spaces ({e}); was the code "
+                        "changed since the search?") from e
+
+
+def _read_runs(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            runs = json.load(f).get("runs", [])
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"cannot read {path} ({e}); move it away to retrain from scratch") from e
+    return [x for x in runs if isinstance(x, dict) and {"key", "seed", "test_accuracy"} <= set(x)]
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)  # never a half-written results.json
+
+
+def _finite_or_none(x):
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _config_from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+    """The search's config from config.json: JSON lists back to tuples, and any `retrain` key a
+    config of an older version lacks filled in from `config.base_config()`.
+    """
+    from ma2ml_jax import config as config_lib
+
+    def tuples(x):
+        if isinstance(x, dict):
+            return {k: tuples(v) for k, v in x.items()}
+        return tuple(tuples(v) for v in x) if isinstance(x, list) else x
+
+    saved = tuples(saved)
+    saved["retrain"] = {**config_lib.base_config().retrain.to_dict(), **saved.get("retrain", {})}
+    try:
+        return ml_collections.ConfigDict(saved)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"cannot rebuild the search's config from {CONFIG}: {e}") from e
+
+
+# ---------------------------------------------------------------------------------- command line
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit code 2, as train.py
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def _budgets(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers "
+                                         "(e.g. 500e6,600e6,700e6)") from None
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = _Parser(prog="python -m ma2ml_jax.retrain", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True, help="the search's workdir")
+    p.add_argument("--top_k", type=int, default=None,
+                   help="pipelines to retrain (default: retrain.top_k of the search's config)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="runs per pipeline, mean and std reported (default: retrain.seeds)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs of each run (default: retrain.epochs)")
+    p.add_argument("--flops_budgets", type=_budgets, default=None,
+                   help="comma-separated FLOPs budgets, e.g. 500e6,600e6,700e6: the best "
+                        "retrained pipeline under each (default: retrain.flops_budgets; with "
+                        "the mnas reward, flops_target x 5/6, 1, 7/6)")
+    p.add_argument("--max_train", type=int, default=None,
+                   help="cap on the training images (default: retrain.max_train; 0: all)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show a progress bar")
+    p.add_argument("--noprogress", dest="progress", action="store_false",
+                   help=argparse.SUPPRESS)  # absl's spelling, as train.py takes it
+    p.add_argument("--traceback", action="store_true",
+                   help="show the full traceback for bad input instead of one line")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    import logging
+
+    import jax
+
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    if not jax.config.jax_compilation_cache_dir:  # as train.py, unless one is set already
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(
+            os.environ.get("MA2ML_JAX_CACHE", "~/.cache/ma2ml_jax")))
+    try:
+        result = run(args.workdir, top_k=args.top_k, seeds=args.seeds, epochs=args.epochs,
+                     flops_budgets=args.flops_budgets, max_train=args.max_train,
+                     progress=args.progress)
+    except UserError as e:
+        if args.traceback or os.environ.get("MA2ML_TRACEBACK") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    print(result.table, end="")
+    print(f"Results: {result.path} ({result.trained} runs trained now)")
+
+
+if __name__ == "__main__":
+    main()
