@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -150,12 +151,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective
         state = learn(state, tokens, replaced, reward)
         new = [_trial(it, p, pipelines[p], {a: v[p] for a, v in tokens.items()}, reward[p],
                       metrics[p]) for p in range(len(pipelines))]
-        with open(log_path, "a") as f:
-            f.writelines(json.dumps(t) + "\n" for t in new)
+        _append_trials(log_path, new)
         trials.extend(new)
-        scalars.scalars(report.iteration_scalars(new, trials), step=it)
-        if checkpoints is not None:
-            checkpoints.save(it + 1, state, guard.counters)
+        try:
+            scalars.scalars(report.iteration_scalars(new, trials), step=it)
+            if checkpoints is not None:
+                checkpoints.save(it + 1, state, guard.counters)
+        except Exception as e:  # noqa: BLE001 - the trial log is the record; these are extras
+            tqdm.write(f"warning: could not write a checkpoint or TensorBoard scalars ({e}); "
+                       "the search goes on (a resume replays the trial log instead)")
+            checkpoints = None
         evaluated += len(new)
         hours = (time.perf_counter() - start) / 3600
         bar.set_postfix(best=f"{max(t['reward'] for t in trials):.4f}",
@@ -246,6 +251,23 @@ def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
                               f"at {', '.join(diff[:5])}); use a new --workdir")
     with open(path, "w") as f:
         json.dump(current, f, indent=2)
+
+
+def _append_trials(log_path: str, new: list[dict[str, Any]]) -> None:
+    """Appends an iteration to the trial log; if that fails (a full disk), the iteration's
+    results go to stderr as the log's JSON lines, so nothing evaluated is lost.
+    """
+    lines = "".join(json.dumps(t) + "\n" for t in new)
+    try:
+        with open(log_path, "a") as f:
+            f.write(lines)
+            f.flush()
+    except OSError as e:
+        sys.stderr.write(lines)
+        raise UserError(f"cannot append to the trial log {log_path} ({e.strerror or e}): this "
+                        f"iteration's {len(new)} results are the JSON lines printed above (append "
+                        "them to the log once it is writable); the iterations before it are "
+                        "saved, and rerunning with the same --workdir resumes") from e
 
 
 def _diff(a, b, ignore, prefix=()):

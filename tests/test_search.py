@@ -143,3 +143,36 @@ def test_bad_space_kind_names_choices(tmp_path):
     c.spaces.nas.kind = "resnet"
     with pytest.raises(ConfigError, match="spaces.nas.kind='resnet' is not one of"):
         search.run(c, str(tmp_path), objective=lambda ps: [0.0] * len(ps), progress=False)
+
+
+def test_a_failing_trial_log_write_loses_nothing(tmp_path, capsys):
+    """The disk fills (here: the log turns into a directory) during iteration 1: a clear error,
+    the iteration's results on stderr, and a rerun resumes to the uninterrupted run's log."""
+    c = _config(iterations=3)
+    full = search.run(c, str(tmp_path / "full"), objective=_objective_for(c), progress=False)
+    workdir = tmp_path / "broken"
+    objective = _objective_for(c)
+    calls = []
+
+    def breaking(pipelines):
+        calls.append(1)
+        if len(calls) == 2:
+            log = workdir / search.TRIALS
+            saved = log.read_text()
+            log.unlink()
+            log.mkdir()
+            (workdir / "saved.jsonl").write_text(saved)
+        return objective(pipelines)
+
+    with pytest.raises(UserError, match="cannot append to the trial log"):
+        search.run(c, str(workdir), objective=breaking, progress=False)
+    printed = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+               if line.startswith("{")]
+    assert [t["iteration"] for t in printed] == [1] * 4
+    (workdir / search.TRIALS).rmdir()
+    (workdir / search.TRIALS).write_text((workdir / "saved.jsonl").read_text() +
+                                         "".join(json.dumps(t) + "\n" for t in printed))
+    search.run(c, str(workdir), objective=objective, progress=False)
+    strip = lambda ts: [{k: v for k, v in t.items() if k != "wall_time"} for t in ts]  # noqa: E731
+    assert strip(_read(workdir)) == strip(_read(tmp_path / "full"))
+    assert len(full.trials) == 12

@@ -178,11 +178,12 @@ def run_grid(objectives: dict[str, tuple[Any, int]], algorithms: dict[str, tuple
     return results
 
 
-def reported_objectives(sizes: Sequence[str], budget_scale: float = 1.0):
+def reported_objectives(sizes: Sequence[str], budget_scale: float = 1.0, noise: str = "both"):
+    levels = {"both": (0.0, NOISE), "none": (0.0,), "only": (NOISE,)}[noise]
     out = {}
     for size in sizes:
         budget = int(BUDGETS[size] * budget_scale)
-        for noise in (0.0, NOISE):
+        for noise in levels:
             name = f"{size}{'_noisy' if noise else ''}"
             if size in LAYERWISE:
                 from ma2ml_jax.spaces import layerwise_decisions
@@ -353,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--pipelines", type=int, default=8, help="P, pipelines per iteration")
     parser.add_argument("--target", type=float, default=0.02,
                         help="distance from the optimum (reward 1) that counts as reached")
+    parser.add_argument("--noise", choices=("both", "none", "only"), default="both",
+                        help="objectives without noise, with it, or both")
     parser.add_argument("--budget_scale", type=float, default=1.0,
                         help="scales every objective's evaluation budget")
     parser.add_argument("--out", default="sample_efficiency", help="directory for JSON and PNG")
@@ -388,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error(f"unknown algorithm {unknown} or size {sizes}; algorithms: "
                          f"{', '.join(ALGORITHMS)}; sizes: {', '.join(BUDGETS)}")
         algos = {a: ALGORITHMS[a] for a in args.algorithms.split(",")}
-        results = run_grid(reported_objectives(sizes, args.budget_scale), algos,
+        results = run_grid(reported_objectives(sizes, args.budget_scale, args.noise), algos,
                            range(args.seeds), args.pipelines, args.target)
         record["results"] = results
         print("\n" + table(results, args.target))
