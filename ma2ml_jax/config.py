@@ -46,8 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.spaces.hpo = ml_collections.ConfigDict({"kind": "recipe", "variant": "tiny"})
 
     c.search = ml_collections.ConfigDict()
-    # ma2ml | ma2ml_onpolicy | lite (MA2ML-Lite) | random | tpe (Optuna's TPE)
-    c.search.algorithm = "random"
+    # ma2ml | ma2ml_onpolicy | lite (MA2ML-Lite) | random | tpe (Optuna's TPE) | qlearning
+    c.search.algorithm = "ma2ml"
     c.search.iterations = 5  # search iterations (batches of pipelines)
     c.search.pipelines = 8  # P: pipelines sampled and evaluated per iteration
     # Replace an asked pipeline whose reward is known (evaluated before, or twice in a batch) by a

@@ -71,7 +71,9 @@ NOISE = 0.05
 REPORTED_OBJECTIVE_SEED = 2026  # the tuning objectives use other shapes and seeds
 # Tuning set for --sweep: shapes unlike the reported ones, objective and searcher seeds disjoint.
 TUNING = {"tune_a": ({"aug": (5,) * 4, "nas": (3,) * 4, "hpo": (6,) * 3}, 480),
-          "tune_b": ({"aug": (10,) * 8, "nas": (3,) * 8, "hpo": (4,) * 5}, 960)}
+          "tune_b": ({"aug": (10,) * 8, "nas": (3,) * 8, "hpo": (4,) * 5}, 960),
+          # large-like (added for the actor-action source): 45 decisions, unlike "large"'s 60
+          "tune_c": ({"aug": (12,) * 24, "nas": (2, 3) * 7, "hpo": (5, 3, 2, 4, 2, 3, 2)}, 1920)}
 TUNING_OBJECTIVE_SEEDS = (11,)
 TUNING_SEARCHER_SEEDS = (100, 101, 102)
 
@@ -247,11 +249,17 @@ def plot(results: dict[str, Any], path: str, target: float) -> None:
 SWEEP_MA2ML = [{"ma2ml.lam": lam, "ma2ml.actor_lr": lr}
                for lam in (0.03, 0.3, 3.0, 30.0) for lr in (0.02, 0.05, 0.15)]
 SWEEP_LITE = [{"lite.lr": lr} for lr in (0.03, 0.1, 0.3)]
+# The actor-action source, at the lam / actor_lr chosen by the grid above.
+SWEEP_ACTIONS = [{"ma2ml.actor_actions": src, "ma2ml.lam": 3.0, "ma2ml.actor_lr": 0.02}
+                 for src in ("fresh", "replay")]
 
 
-def sweep(pipelines: int, target: float, only: str = "") -> dict[str, Any]:
+def sweep(pipelines: int, target: float, only: str = "", objectives_only: str = ""
+          ) -> dict[str, Any]:
     objectives = {}
     for tname, (shape, budget) in TUNING.items():
+        if objectives_only and objectives_only not in tname:
+            continue
         for seed in TUNING_OBJECTIVE_SEEDS:
             for noise in (0.0, NOISE):
                 name = f"{tname}_s{seed}{'_noisy' if noise else ''}"
@@ -259,6 +267,9 @@ def sweep(pipelines: int, target: float, only: str = "") -> dict[str, Any]:
                                     budget)
     candidates = {}
     for o in SWEEP_MA2ML:
+        candidates["ma2ml " + " ".join(f"{k.split('.')[1]}={v}" for k, v in o.items())] = (
+            "ma2ml", o, True)
+    for o in SWEEP_ACTIONS:
         candidates["ma2ml " + " ".join(f"{k.split('.')[1]}={v}" for k, v in o.items())] = (
             "ma2ml", o, True)
     for o in SWEEP_LITE:
@@ -362,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sweep", action="store_true", help="run the defaults sweep instead")
     parser.add_argument("--sweep_only", default="",
                         help="run only the sweep candidates whose name contains this")
+    parser.add_argument("--sweep_objectives", default="",
+                        help="run only the tuning objectives whose name contains this")
     parser.add_argument("--timing", action="store_true", help="only time MA2ML's update")
     parser.add_argument("--no_timing", action="store_true")
     parser.add_argument("--merge", default="",
@@ -383,7 +396,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"plot: {png}")
         args.no_timing = True
     elif args.sweep:
-        record["sweep"] = sweep(args.pipelines, args.target, args.sweep_only)
+        record["sweep"] = sweep(args.pipelines, args.target, args.sweep_only,
+                                args.sweep_objectives)
     elif not args.timing:
         unknown = [a for a in args.algorithms.split(",") if a not in ALGORITHMS]
         sizes = args.sizes.split(",")
