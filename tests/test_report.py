@@ -39,6 +39,7 @@ def workdirs(tmp_path_factory):
     for seed in (0, 1):
         c = config_lib.base_config()
         c.search.iterations, c.search.pipelines, c.seed = ITERATIONS, PIPELINES, seed
+        c.search.algorithm = "random"
         w = str(root / f"seed{seed}")
         search.run(c, w, objective=_objective, progress=False)
         dirs.append(w)

@@ -20,7 +20,7 @@ def _train(*args, cwd=ROOT, timeout=300):
 @pytest.mark.parametrize("args, message", [
     (["--config.search.iterationz=3"],
      "unknown config key --config.search.iterationz: config.search has no key 'iterationz'; "
-     "valid keys: algorithm, avoid_repeats, iterations, pipelines, repeat_rounds"),
+     "valid keys: algorithm, avoid_repeats, checkpoint, iterations, pipelines, repeat_rounds"),
     (["--config.nope=1"], "config has no key 'nope'; valid keys: data, evaluate"),
     (["--config.search.iterations=2.5"], "--config.search.iterations=2.5: wrong type"),
     (["--config.data.source=mnist"], "unknown data source 'mnist'; valid sources: digits"),

@@ -224,10 +224,12 @@ def plot(results: dict[str, Any], path: str, target: float) -> None:
     cols = 2
     rows = -(-len(names) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6.0 * cols, 3.6 * rows), squeeze=False)
+    algorithms = list(dict.fromkeys(a for per in results.values() for a in per))
+    colors = {a: f"C{i % 10}" for i, a in enumerate(algorithms)}  # one color per algorithm
     for ax, oname in zip(axes.flat, names):
-        for i, (aname, s) in enumerate(results[oname].items()):
+        for aname, s in results[oname].items():
             x = np.arange(1, len(s["curve_median"]) + 1)
-            color = f"C{i}"
+            color = colors[aname]
             ax.plot(x, s["curve_median"], color=color, label=aname, lw=1.4)
             ax.fill_between(x, s["curve_q1"], s["curve_q3"], color=color, alpha=0.15, lw=0)
         ax.axhline(1.0 - target, color="k", lw=0.6, ls=":")
@@ -236,12 +238,12 @@ def plot(results: dict[str, Any], path: str, target: float) -> None:
         ax.set_ylabel("best true reward so far")
         ax.set_ylim(max(ax.get_ylim()[0], -0.2), 1.02)
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("best-so-far reward (median and IQR over seeds); dotted: the target")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.suptitle("best-so-far true reward (median and IQR over seeds); dotted: the target")
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
