@@ -32,32 +32,6 @@ EOF
   exit "$code"
 }
 
-if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
-  usage 0
-fi
-
-[[ $# -ge 2 && -n "$1" && -n "$2" && "$1" != -* ]] || usage
-config=$1
-workdir=$2
-shift 2
-
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# The CUDA build must match the CPU jax pinned in requirements.txt.
-jax_version=$(sed -n 's/^jax==\([0-9][0-9.]*\).*/\1/p' "$repo/requirements.txt")
-[[ -n "$jax_version" ]] || { echo "error: no jax==VERSION pin in $repo/requirements.txt" >&2; exit 1; }
-
-python=${PYTHON:-python3}
-if [[ -n "${VENV:-}" ]]; then
-  [[ -x "$VENV/bin/python" ]] || "$python" -m venv "$VENV"
-  python=$VENV/bin/python
-fi
-
-if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
-  "$python" -m pip install -q -r "$repo/requirements.txt"
-  "$python" -m pip install -q "jax[${CUDA:-cuda12}]==$jax_version"
-fi
-
-export JAX_PLATFORMS=${JAX_PLATFORMS:-cuda}
-# The package is run from the checkout (not pip-installed), from the caller's directory.
-export PYTHONPATH=$repo${PYTHONPATH:+:$PYTHONPATH}
-exec "$python" -m ma2ml_jax.train --config="$config" --workdir="$workdir" "$@"
+# shellcheck source=launch/_install_and_train.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_install_and_train.sh"
+install_and_train "${CUDA:-cuda12}" cuda GPU "$@"
