@@ -8,8 +8,8 @@
 #   launch/tpu_pod.sh my-v4-32 us-central2-b configs/imagenet200.py runs/in200 \
 #       --config.data.data_dir=/mnt/disks/data/tensorflow_datasets
 #
-# Every worker runs the same command; the package calls jax.distributed.initialize() itself when
-# it finds several hosts, and process 0 (worker 0) writes the trial log and checkpoints. CONFIG,
+# Every worker runs the same command. Not built yet (issue 6): jax.distributed initialization and
+# one mesh over all hosts, so for now each worker runs its own search in its own WORKDIR. CONFIG,
 # WORKDIR and data paths are read on the workers, relative to the copy of the repository there
 # ($REMOTE_DIR); the data must be present on every worker.
 #
