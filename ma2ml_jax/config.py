@@ -98,6 +98,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.evaluate.batch_size = 64
     c.evaluate.eval_batch_size = 512
     c.evaluate.loss_threshold = 1e3  # a training loss above this (or NaN) fails the pipeline
+    # Seconds of training per pipeline (0: no limit), projected from the epochs after the first
+    # (which holds the compilation); a pipeline over it is stopped and fails with a penalty.
+    c.evaluate.time_budget = 0.0
     # masked: one max-size network for every architecture, one compiled program per resolution;
     # exact: an exactly-shaped network compiled per architecture (the reference); auto: masked
     # (evaluate.resolve_network gives the measured trade-off).
@@ -177,6 +180,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.evaluate.step_loop not in STEP_LOOPS:
         raise ConfigError(f"evaluate.step_loop={config.evaluate.step_loop!r} is not one of "
                           f"{choices(STEP_LOOPS)}")
+    if not config.evaluate.time_budget >= 0:
+        raise ConfigError(f"evaluate.time_budget={config.evaluate.time_budget} must be >= 0 "
+                          "(0: no limit)")
     for key in ("steps_per_call", "map_chunk"):
         if config.evaluate[key] < 1:
             raise ConfigError(f"evaluate.{key}={config.evaluate[key]} must be >= 1")

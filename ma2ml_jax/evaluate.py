@@ -137,6 +137,20 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
             return f"loss_threshold: {worst:.3g} > {ev.loss_threshold:g} in epoch {epoch + 1}"
         return None
 
+    def over_time_budget(first_epoch_end, epoch: int, together: int) -> str | None:
+        """The failure of pipelines whose training time, projected over all epochs from the ones
+        after the first (which compiles), exceeds evaluate.time_budget; `together` pipelines
+        share the time (trained in one program).
+        """
+        if not ev.time_budget or first_epoch_end is None:
+            return None
+        per_epoch = (time.perf_counter() - first_epoch_end) / epoch / together
+        projected = per_epoch * n_epochs
+        if projected > ev.time_budget:
+            return (f"time_budget: {projected:.3g} s projected > {ev.time_budget:g} s after "
+                    f"epoch {epoch + 1} of {n_epochs}")
+        return None
+
     def stage(progs: sharded.Programs, members, key):
         """(arch, hp, policy, init key data, train key data) of pipelines [(index, prepared)]:
         stacked over the pipeline axis and padded for the mesh, or one pipeline's for "loop".
@@ -158,6 +172,7 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
         states = progs.init(k_init, arrays)
         failure: list[str | None] = [None] * len(members)
         losses = None
+        first_epoch_end = None
         for epoch in range(n_epochs):
             worst = []
             for step0, rows, valid in epoch_chunks(key, epoch):
@@ -170,6 +185,11 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
             worst = np.atleast_1d(np.asarray(jnp.stack(worst).max(0)))
             for j in range(len(members)):
                 failure[j] = failure[j] or failure_of(float(worst[j]), epoch)
+            over = over_time_budget(first_epoch_end, epoch, len(members))
+            if over:
+                failure = [f or over for f in failure]
+            if epoch == 0:
+                first_epoch_end = time.perf_counter()
             if all(failure):
                 break
         final_loss = np.atleast_1d(np.asarray(losses[..., last]))

@@ -34,6 +34,7 @@ def test_pick_fastest_skips_a_failing_candidate():
     ("step_loop", "while", "evaluate.step_loop='while' is not one of"),
     ("steps_per_call", 0, "evaluate.steps_per_call=0 must be >= 1"),
     ("map_chunk", 0, "evaluate.map_chunk=0 must be >= 1"),
+    ("time_budget", -1.0, "evaluate.time_budget=-1.0 must be >= 0"),
 ])
 def test_bad_evaluation_settings_are_named(key, value, message):
     c = config_lib.base_config()
@@ -55,3 +56,23 @@ def test_auto_candidates():
     assert evaluate.auto_candidates("cpu", 4) == ("loop",)
     assert evaluate.auto_candidates("gpu", 1) == ("loop", "unrolled", "vmap", "map")
     assert "loop" not in evaluate.auto_candidates("tpu", 8)
+
+
+def test_a_pipeline_over_its_time_budget_fails_with_the_penalty(tmp_path):
+    """Real training on digits, a budget no pipeline can meet: each is stopped after its second
+    epoch (the first holds the compilation), logged with its reason and the failure reward, and
+    the search goes on to the end."""
+    from configs import default
+    from ma2ml_jax import search
+
+    c = default.get_config("local")
+    c.search.algorithm = "random"
+    c.search.iterations, c.search.pipelines = 2, 2
+    c.evaluate.epochs, c.data.max_train = 3, 128
+    c.evaluate.time_budget = 1e-6
+    c.reward.failure = -1.0
+    result = search.run(c, str(tmp_path), progress=False)
+    assert len(result.trials) == 4
+    for t in result.trials:
+        assert t["failure"].startswith("time_budget:") and "after epoch 2 of" in t["failure"]
+        assert t["reward"] == -1.0
