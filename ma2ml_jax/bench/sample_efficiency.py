@@ -72,7 +72,7 @@ REPORTED_OBJECTIVE_SEED = 2026  # the tuning objectives use other shapes and see
 # Tuning set for --sweep: shapes unlike the reported ones, objective and searcher seeds disjoint.
 TUNING = {"tune_a": ({"aug": (5,) * 4, "nas": (3,) * 4, "hpo": (6,) * 3}, 480),
           "tune_b": ({"aug": (10,) * 8, "nas": (3,) * 8, "hpo": (4,) * 5}, 960),
-          # large-like (added for the actor-action source): 45 decisions, unlike "large"'s 60
+          # large-like, for the actor-action source only: 45 decisions, unlike "large"'s 60
           "tune_c": ({"aug": (12,) * 24, "nas": (2, 3) * 7, "hpo": (5, 3, 2, 4, 2, 3, 2)}, 1920)}
 TUNING_OBJECTIVE_SEEDS = (11,)
 TUNING_SEARCHER_SEEDS = (100, 101, 102)
@@ -256,41 +256,42 @@ SWEEP_ACTIONS = [{"ma2ml.actor_actions": src, "ma2ml.lam": 3.0, "ma2ml.actor_lr"
                  for src in ("fresh", "replay")]
 
 
-def sweep(pipelines: int, target: float, only: str = "", objectives_only: str = ""
-          ) -> dict[str, Any]:
+def _tuning_objectives(names: Sequence[str]) -> dict[str, tuple[Any, int]]:
     objectives = {}
-    for tname, (shape, budget) in TUNING.items():
-        if objectives_only and objectives_only not in tname:
-            continue
+    for tname in names:
+        shape, budget = TUNING[tname]
         for seed in TUNING_OBJECTIVE_SEEDS:
             for noise in (0.0, NOISE):
                 name = f"{tname}_s{seed}{'_noisy' if noise else ''}"
                 objectives[name] = (make_objective(shape, seed=seed, noise=noise, name=name),
                                     budget)
-    candidates = {}
-    for o in SWEEP_MA2ML:
-        candidates["ma2ml " + " ".join(f"{k.split('.')[1]}={v}" for k, v in o.items())] = (
-            "ma2ml", o, True)
-    for o in SWEEP_ACTIONS:
-        candidates["ma2ml " + " ".join(f"{k.split('.')[1]}={v}" for k, v in o.items())] = (
-            "ma2ml", o, True)
-    for o in SWEEP_LITE:
-        candidates["lite " + " ".join(f"{k.split('.')[1]}={v}" for k, v in o.items())] = (
-            "lite", o, True)
+    return objectives
+
+
+def sweep(pipelines: int, target: float, only: str = "") -> dict[str, Any]:
+    """The grid of MA2ML's lambda x actor_lr and Lite's lr on tune_a and tune_b, then the
+    actor-action source at the chosen values on those and the large-like tune_c.
+    """
+    grid = ("tune_a", "tune_b")
+    groups = [("ma2ml", SWEEP_MA2ML, grid), ("ma2ml", SWEEP_ACTIONS, grid + ("tune_c",)),
+              ("lite", SWEEP_LITE, grid)]
     out = {}
-    for cname, algo in candidates.items():
-        if only and only not in cname:
-            continue
-        res = run_grid(objectives, {cname: algo}, TUNING_SEARCHER_SEEDS, pipelines, target,
-                       progress=False)
-        per = [res[o][cname] for o in objectives]
-        out[cname] = {"auc": float(np.mean([s["auc"] for s in per])),
-                      "reached": int(sum(s["reached"] for s in per)),
-                      "runs": int(sum(s["seeds"] for s in per)),
-                      "repeat_fraction": float(np.mean([s["repeat_fraction"] for s in per]))}
-        print(f"  {cname:34s} mean best-so-far (AUC) {out[cname]['auc']:.3f}  reached "
-              f"{out[cname]['reached']}/{out[cname]['runs']}  repeats "
-              f"{out[cname]['repeat_fraction']:.0%}", flush=True)
+    for algorithm, options, names in groups:
+        objectives = _tuning_objectives(names)
+        for o in options:
+            cname = algorithm + " " + " ".join(f"{k.split('.')[1]}={v}" for k, v in o.items())
+            if only and only not in cname:
+                continue
+            res = run_grid(objectives, {cname: (algorithm, o, True)}, TUNING_SEARCHER_SEEDS,
+                           pipelines, target, progress=False)
+            per = [res[name][cname] for name in objectives]
+            out[cname] = {"auc": float(np.mean([s["auc"] for s in per])),
+                          "reached": int(sum(s["reached"] for s in per)),
+                          "runs": int(sum(s["seeds"] for s in per)),
+                          "repeat_fraction": float(np.mean([s["repeat_fraction"] for s in per]))}
+            print(f"  {cname:34s} mean best-so-far (AUC) {out[cname]['auc']:.3f}  reached "
+                  f"{out[cname]['reached']}/{out[cname]['runs']}  repeats "
+                  f"{out[cname]['repeat_fraction']:.0%}", flush=True)
     return out
 
 
@@ -375,8 +376,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sweep", action="store_true", help="run the defaults sweep instead")
     parser.add_argument("--sweep_only", default="",
                         help="run only the sweep candidates whose name contains this")
-    parser.add_argument("--sweep_objectives", default="",
-                        help="run only the tuning objectives whose name contains this")
     parser.add_argument("--timing", action="store_true", help="only time MA2ML's update")
     parser.add_argument("--no_timing", action="store_true")
     parser.add_argument("--merge", default="",
@@ -398,8 +397,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"plot: {png}")
         args.no_timing = True
     elif args.sweep:
-        record["sweep"] = sweep(args.pipelines, args.target, args.sweep_only,
-                                args.sweep_objectives)
+        record["sweep"] = sweep(args.pipelines, args.target, args.sweep_only)
     elif not args.timing:
         unknown = [a for a in args.algorithms.split(",") if a not in ALGORITHMS]
         sizes = args.sizes.split(",")
