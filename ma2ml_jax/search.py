@@ -132,8 +132,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective
         _check_replay(actions, logged, it)
         state = learn(state, actions, replaced, [t["reward"] for t in logged])
     trials = [t for t in trials if t["iteration"] < done]
-    if done:
-        tqdm.write(f"resuming {workdir}: {done} iterations ({len(trials)} pipelines) replayed")
+    if done > first:
+        tqdm.write(f"resuming {workdir}: {done - first} logged iterations replayed through the "
+                   f"searcher ({len(trials)} pipelines in the log)")
 
     log_path = os.path.join(workdir, TRIALS)
     with open(log_path, "w") as f:  # rewrite without any partial iteration of a killed run
@@ -244,7 +245,7 @@ def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
-        ignore = {("search", "iterations")}
+        ignore = {("search", "iterations"), ("search", "checkpoint")}
         diff = sorted(_diff(saved, current, ignore))
         if diff:
             raise ConfigError(f"workdir {workdir!r} holds a search with another config (differs "
