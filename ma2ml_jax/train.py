@@ -137,6 +137,8 @@ def main(argv: list[str]) -> None:
 
     # absl shows INFO logs; JAX's "no TPU/GPU backend found" lines are noise for a CPU user.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    # orbax logs every checkpoint at INFO through absl; the search reports its own progress.
+    logging.getLogger("absl").setLevel(logging.WARNING)
     # Compiled programs are reused across runs (fixed shapes, recipes as arrays).
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser(os.environ.get("MA2ML_JAX_CACHE", "~/.cache/ma2ml_jax")))
