@@ -6,6 +6,9 @@ the driver's repeat counters under `workdir/checkpoints/<iteration>`. On resume 
 newest checkpoint not ahead of the trial log and replays only the logged iterations after it
 through ask/tell (usually none; one when a kill fell between the log write and the save).
 
+In a multi-process run (a TPU pod slice) the searcher runs on process 0 alone, which saves and
+restores its checkpoints without the other processes (orbax's `active_processes={0}`).
+
 A searcher whose state is not a pytree of arrays (TPE keeps an Optuna study) is not saved: its
 resume replays the whole log, which rebuilds the same state (see `search`).
 """
@@ -59,10 +62,17 @@ class SearchCheckpoints:
 
         self._ocp = ocp
         self.directory = os.path.abspath(os.path.join(workdir, DIRECTORY))
+        # The searcher's state lives on process 0 alone (`distributed.py`): in a multi-process
+        # run only it saves and restores, so orbax must not wait for the other processes.
+        multiprocessing = (ocp.options.MultiprocessingOptions(primary_host=0,
+                                                              active_processes={0})
+                           if jax.process_count() > 1 else ocp.options.MultiprocessingOptions())
+        os.makedirs(self.directory, exist_ok=True)  # orbax cannot with `active_processes`
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                                 enable_async_checkpointing=False))
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False,
+                                                 enable_async_checkpointing=False,
+                                                 multiprocessing_options=multiprocessing))
 
     def latest_step(self, at_most: int) -> int | None:
         steps = [s for s in self.manager.all_steps() if s <= at_most]

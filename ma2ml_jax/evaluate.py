@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ma2ml_jax import augment, cost, models, proxy, sharded
+from ma2ml_jax import augment, cost, distributed, models, proxy, sharded
 from ma2ml_jax.config import steps_per_epoch
 from ma2ml_jax.data import Dataset
 from ma2ml_jax.spaces import PipelineSpace
@@ -80,6 +80,16 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
     steps_per_call = spe if ev.step_loop == "scan" else min(ev.steps_per_call, spe)
     # Exact networks differ in shape: they cannot share a pipeline axis.
     chosen = {"strategy": ev.strategy if masked else "loop"}
+
+    placed: dict[bool, tuple[Any, Any]] = {}
+
+    def placed_data(progs: sharded.Programs):
+        """(x_train, y_train), val_batches laid out once as the programs read them (replicated
+        on the mesh), so that no call copies them to the devices again.
+        """
+        if progs.stacked not in placed:
+            placed[progs.stacked] = progs.replicate(((x_train, y_train), val_batches))
+        return placed[progs.stacked]
 
     def trainer_for(net, strategy):
         key = (repr(net), strategy)
@@ -144,7 +154,9 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
         """
         if not ev.time_budget or first_epoch_end is None:
             return None
-        per_epoch = (time.perf_counter() - first_epoch_end) / epoch / together
+        # Every process must take the same decision: process 0's clock decides.
+        elapsed = float(distributed.broadcast(np.float32(time.perf_counter() - first_epoch_end)))
+        per_epoch = elapsed / epoch / together
         projected = per_epoch * n_epochs
         if projected > ev.time_budget:
             return (f"time_budget: {projected:.3g} s projected > {ev.time_budget:g} s after "
@@ -170,19 +182,21 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
         """
         arrays, hp, policy, k_init, k_train = stage(progs, members, key)
         states = progs.init(k_init, arrays)
+        (x_all, y_all), val = placed_data(progs)
         failure: list[str | None] = [None] * len(members)
         losses = None
         first_epoch_end = None
         for epoch in range(n_epochs):
             worst = []
             for step0, rows, valid in epoch_chunks(key, epoch):
-                states, losses = progs.train(states, x_train, y_train, rows, valid, hp, policy,
+                on_mesh = progs.replicate(valid)  # read by `train` and by the line below
+                states, losses = progs.train(states, x_all, y_all, rows, on_mesh, hp, policy,
                                              k_train, np.int32(epoch), step0, arrays)
                 w = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
-                worst.append(jnp.where(valid, w, -jnp.inf).max(-1))
+                worst.append(jnp.where(on_mesh, w, -jnp.inf).max(-1))
                 last = int(valid.sum()) - 1
             # Divergence is checked once an epoch: one host sync.
-            worst = np.atleast_1d(np.asarray(jnp.stack(worst).max(0)))
+            worst = np.atleast_1d(distributed.to_host(jnp.stack(worst).max(0)))
             for j in range(len(members)):
                 failure[j] = failure[j] or failure_of(float(worst[j]), epoch)
             over = over_time_budget(first_epoch_end, epoch, len(members))
@@ -192,12 +206,12 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
                 first_epoch_end = time.perf_counter()
             if all(failure):
                 break
-        final_loss = np.atleast_1d(np.asarray(losses[..., last]))
+        final_loss = np.atleast_1d(distributed.to_host(losses[..., last]))
         correct = np.zeros(len(final_loss))
         if not all(failure):
-            correct = sum(np.atleast_1d(np.asarray(progs.eval_batch(states, xb, yb, vb, hp.ema,
-                                                                    arrays)))
-                          for xb, yb, vb in val_batches)
+            correct = np.atleast_1d(distributed.to_host(sum(
+                progs.eval_batch(states, xb, yb, vb, hp.ema, arrays)
+                for xb, yb, vb in val)))
         out = []
         for j, (_, m) in enumerate(members):
             counted = m[4]
@@ -220,17 +234,21 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
             log(f"evaluate.strategy=auto: {candidates[0]!r} on {jax.default_backend()} "
                 "(docs/BENCHMARKS.md)")
             return candidates[0]
-        return pick_fastest({s: timer(s) for s in candidates}, log,
-                            f"one chunk of {steps_per_call} steps of {len(members)} pipelines")
+        fastest = pick_fastest({s: timer(s) for s in candidates}, log,
+                               f"one chunk of {steps_per_call} steps of {len(members)} pipelines")
+        # Timings differ between processes; all must train with process 0's choice.
+        return candidates[int(distributed.broadcast(np.int32(candidates.index(fastest))))]
 
     def time_one_chunk(progs, members, key) -> float:
         """Seconds of one call of `progs.train` on the group (compiled by a first call)."""
         arrays, hp, policy, k_init, k_train = stage(progs, members, key)
         step0, rows, valid = next(epoch_chunks(key, 0))
         states = progs.init(k_init, arrays)
+        (x_all, y_all), _ = placed_data(progs)
+        valid = progs.replicate(valid)
         for _ in range(2):
             t0 = time.perf_counter()
-            states, losses = progs.train(states, x_train, y_train, rows, valid, hp, policy,
+            states, losses = progs.train(states, x_all, y_all, rows, valid, hp, policy,
                                          k_train, np.int32(0), step0, arrays)
             jax.block_until_ready(losses)
         return time.perf_counter() - t0

@@ -12,6 +12,10 @@ checkpoint and replays any logged iteration after it through the searcher's ask/
 exactly, without evaluating anything again). A searcher whose state is not arrays (TPE), or a run
 with `search.checkpoint=False`, replays the whole log. A partial iteration of a killed run is
 dropped from the log and evaluated again.
+
+In a multi-process run (a TPU pod slice, `distributed.py`) process 0 runs the searcher and writes
+the workdir; every other process trains its share of the pipelines process 0 sends, and all
+return the same result.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from ma2ml_jax import agents, data, report, rewards, spaces, tensorboard
+from ma2ml_jax import agents, data, distributed, report, rewards, spaces, tensorboard
 from ma2ml_jax import checkpoint as checkpoint_lib
 from ma2ml_jax import config as config_lib
 from ma2ml_jax.errors import ConfigError, UserError
@@ -82,19 +86,30 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective
     """
     config_lib.validate(config)
     space = make_pipeline_space(config.spaces)
+    channel = distributed.Channel()
+    if not distributed.is_primary():
+        return _follow(config, workdir, space, objective, channel)
+    try:
+        return _lead(config, workdir, space, objective, progress, channel)
+    except BaseException:
+        channel.abort()  # the other processes wait for the next message: tell them to stop
+        raise
+
+
+def _lead(config, workdir, space, objective, progress, channel) -> SearchResult:
+    """The search on process 0 (the only process of a single-process run)."""
     _prepare_workdir(workdir, config)
     searcher = agents.make_searcher(config, space)
     reward_fn = rewards.make_reward_fn(config.reward)
     if objective is None:
         from ma2ml_jax import evaluate as evaluate_lib
 
-        dataset = data.load(config.data.source, val_size=config.data.val_size,
-                            seed=config.seed, classes=config.data.classes,
-                            num_classes=config.data.num_classes,
-                            data_dir=config.data.data_dir or None,
-                            max_train=config.data.max_train)
+        dataset = _load_data(config)
         tqdm.write(f"data: {dataset.summary()}")
         evaluate = evaluate_lib.make_evaluator(config, dataset, space, log=tqdm.write)
+        if distributed.multiprocess():
+            tqdm.write(f"{jax.process_count()} processes train each iteration's pipelines over "
+                       f"{jax.device_count()} devices; this one (process 0) writes {workdir}")
     else:
         evaluate = _objective_evaluator(objective)
 
@@ -147,7 +162,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective
         k_ask, k_eval = _iteration_keys(root, it)
         tokens, replaced, state = propose(state, k_ask)
         pipelines = [space.decode(tokens, p) for p in range(config.search.pipelines)]
+        channel.send(it, tokens)
+        channel.evaluating = True  # the other processes are in the same (collective) training
         metrics = evaluate(pipelines, k_eval)
+        channel.evaluating = False
         reward = [float(m["reward"]) if "reward" in m else reward_fn(m) for m in metrics]
         state = learn(state, tokens, replaced, reward)
         new = [_trial(it, p, pipelines[p], {a: v[p] for a, v in tokens.items()}, reward[p],
@@ -173,9 +191,43 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective
         checkpoints.close()
     if not trials:
         raise ConfigError("search.iterations is 0: nothing was evaluated")
+    channel.finish({"trials": trials, "repeat_fraction": guard.repeat_fraction,
+                    "evaluated_repeat_fraction": guard.evaluated_repeat_fraction})
+    return _result(trials, workdir, space, guard.repeat_fraction,
+                   guard.evaluated_repeat_fraction)
+
+
+def _follow(config, workdir, space, objective, channel) -> SearchResult:
+    """The search on every process but 0 of a multi-process run: loads the same data, trains the
+    pipelines process 0 sends (its share of the sharded programs) and writes nothing.
+    """
+    evaluate = None
+    if objective is None:  # an objective is evaluated by process 0 alone
+        from ma2ml_jax import evaluate as evaluate_lib
+
+        dataset = _load_data(config)
+        evaluate = evaluate_lib.make_evaluator(config, dataset, space, log=lambda _: None)
+    root = jax.random.key(config.seed)
+    while (message := channel.receive()) is not None:
+        it, tokens = message
+        if evaluate is not None:
+            evaluate([space.decode(tokens, p) for p in range(config.search.pipelines)],
+                     _iteration_keys(root, it)[1])
+    got = channel.result()
+    return _result(got["trials"], workdir, space, got["repeat_fraction"],
+                   got["evaluated_repeat_fraction"])
+
+
+def _load_data(config: ml_collections.ConfigDict) -> data.Dataset:
+    return data.load(config.data.source, val_size=config.data.val_size, seed=config.seed,
+                     classes=config.data.classes, num_classes=config.data.num_classes,
+                     data_dir=config.data.data_dir or None, max_train=config.data.max_train)
+
+
+def _result(trials, workdir, space, repeat_fraction, evaluated_repeat_fraction) -> SearchResult:
     best = max(trials, key=lambda t: t["reward"])
     return SearchResult(best["pipeline"], best["reward"], trials, workdir, space,
-                        guard.repeat_fraction, guard.evaluated_repeat_fraction)
+                        repeat_fraction, evaluated_repeat_fraction)
 
 
 def summary(result: SearchResult) -> str:

@@ -4,8 +4,10 @@ All pipelines of one resolution share the masked max-size network, so their trai
 recipes, policies and architectures stack along a leading pipeline axis P. The axis is sharded
 over `jax.make_mesh((n_devices,), ("pipe",))` with `jax.shard_map` (pipelines are independent: no
 cross-device traffic; automatic partitioning of the same vmapped step inserted all-gathers, see
-DESIGN.md), P padded to a multiple of the device count. How the pipelines run is a measured
-choice (`evaluate.strategy`, `bench/throughput.py`):
+DESIGN.md), P padded to a multiple of the device count. In a multi-process run (a TPU pod slice)
+the mesh holds every process's devices, so each host trains its share of the pipelines
+(`distributed.py`). How the pipelines run is a measured choice (`evaluate.strategy`,
+`bench/throughput.py`):
 
   * "loop": one pipeline at a time, each call its own dispatch (no pipeline axis at all);
   * "unrolled": the local pipelines traced one after another into ONE program (ordinary
@@ -57,6 +59,9 @@ class Programs(NamedTuple):
     num_devices: int
     stacked: bool
     steps_per_call: int  # S
+    # Lays out a pytree as `train` reads its replicated arguments (the training set): placed once,
+    # they are not copied to the devices again on every call.
+    replicate: Callable = lambda tree: tree
 
 
 def make_train_chunk(trainer: Trainer, steps: int, step_loop: str) -> Callable:
@@ -139,7 +144,8 @@ def make_programs(trainer: Trainer, strategy: str, devices=None, *, steps_per_ca
     Args:
       trainer: the pure functions of one network (`proxy.make_trainer`).
       strategy: one of STRATEGIES.
-      devices: the devices of the mesh (default: all).
+      devices: the devices of the mesh (default: all, those of every process in a multi-process
+        run: each host then trains its share of the pipeline axis, see `distributed.py`).
       steps_per_call: training steps in one call of `train`.
       step_loop: "host" (the steps traced one after another) or "scan" (a `lax.scan`).
       map_chunk: pipelines vmapped together inside the "map" strategy.
@@ -169,8 +175,7 @@ def make_programs(trainer: Trainer, strategy: str, devices=None, *, steps_per_ca
         def call(*args):
             # The mesh's axes are Explicit (make_mesh's default in JAX 0.10): inputs must already
             # be laid out as the specs say. A no-op for arrays that already are.
-            return program(*(jax.device_put(a, placement[spec])
-                             for a, spec in zip(args, in_specs)))
+            return program(*(place(a, placement[spec]) for a, spec in zip(args, in_specs)))
 
         return call
 
@@ -182,7 +187,31 @@ def make_programs(trainer: Trainer, strategy: str, devices=None, *, steps_per_ca
         train=shard(train, (pipe, rep, rep, rep, rep, pipe, pipe, pipe, rep, rep, pipe),
                     (pipe, pipe), donate=(0,)),
         eval_batch=shard(evaluate, (pipe, rep, rep, rep, pipe, pipe), pipe),
-        num_devices=len(devices), stacked=True, steps_per_call=steps_per_call)
+        num_devices=len(devices), stacked=True, steps_per_call=steps_per_call,
+        replicate=lambda tree: place(tree, placement[rep]))
+
+
+def place(tree: Any, sharding: NamedSharding) -> Any:
+    """A pytree laid out with `sharding` (a no-op for arrays that already are).
+
+    With several processes `jax.device_put` of a host value onto a mesh spanning them first
+    checks that every process holds the same value (an all-gather and a compile per shape, on
+    every call); here every process holds the same full value by construction (same seed, same
+    data, pipelines from process 0), so each builds its own shards from it without talking.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def leaf(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            # Already spread over the processes (a program's output, or placed here before);
+            # device_put would reshard it (a program of its own) whenever its sharding object
+            # differs from `sharding` however equivalently.
+            return x
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(leaf, tree)
 
 
 def stack(trees: list[Any], multiple: int) -> tuple[Any, int]:

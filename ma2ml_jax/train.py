@@ -3,6 +3,7 @@ r"""Run an MA2ML search: parse flags, load the config, call `search.run(config, 
   python -m ma2ml_jax.train                                    # small search on bundled digits
   python -m ma2ml_jax.train --config=configs/cifar10.py:local --workdir=runs/c10
   python -m ma2ml_jax.train --config.search.iterations=10 --config.seed=1
+  python -m ma2ml_jax.train --distributed=true ...             # on every host of a TPU pod slice
 
 Any config key can be overridden with --config.KEY=VALUE (see configs/*.py and
 ma2ml_jax/config.py for every key). Rerunning with the same --workdir resumes the search.
@@ -35,6 +36,13 @@ _TRACEBACK = flags.DEFINE_bool(
     "traceback", False,
     "Show the full traceback for bad input (config, data, files) instead of one line.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar over search iterations.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "true", "false"],
+    "Join the other processes of a multi-host run (a TPU pod slice: the same command on every "
+    "host) with jax.distributed.initialize(). true: always (hosts found automatically on Cloud "
+    "TPU, Slurm and Open MPI, else from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+    "JAX_PROCESS_ID); auto: when JAX_COORDINATOR_ADDRESS is set; false: never. Process 0 writes "
+    "the workdir and all output.")
 
 
 def default_workdir() -> str:
@@ -142,15 +150,17 @@ def main(argv: list[str]) -> None:
     # Compiled programs are reused across runs (fixed shapes, recipes as arrays).
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser(os.environ.get("MA2ML_JAX_CACHE", "~/.cache/ma2ml_jax")))
-    from ma2ml_jax import search
+    from ma2ml_jax import distributed, search
 
     try:
+        distributed.initialize(_DISTRIBUTED.value)  # before any JAX computation
         result = search.run(config, workdir, progress=_PROGRESS.value)
     except UserError as e:
         if _TRACEBACK.value:
             raise
         _fail(str(e))
-    print(search.summary(result))
+    if distributed.is_primary():
+        print(search.summary(result))
 
 
 def define_config_flag(argv: list[str]) -> None:
