@@ -8,10 +8,12 @@
 #   launch/tpu_pod.sh my-v4-32 us-central2-b configs/imagenet200.py runs/in200 \
 #       --config.data.data_dir=/mnt/disks/data/tensorflow_datasets
 #
-# Every worker runs the same command. Not built yet (issue 6): jax.distributed initialization and
-# one mesh over all hosts, so for now each worker runs its own search in its own WORKDIR. CONFIG,
-# WORKDIR and data paths are read on the workers, relative to the copy of the repository there
-# ($REMOTE_DIR); the data must be present on every worker.
+# Every worker runs the same command, with --distributed=true: the workers join one JAX run
+# (jax.distributed.initialize() finds them), each trains its share of every iteration's pipelines,
+# and worker 0 (process 0) runs the searcher and alone writes WORKDIR (trial log, checkpoints,
+# TensorBoard) and the output; a resume reads it there. CONFIG and data paths are read on every
+# worker, relative to the copy of the repository there ($REMOTE_DIR): the data must be present on
+# every worker.
 #
 # Environment:
 #   PROJECT         gcloud project (default: gcloud's configured one)
@@ -30,10 +32,11 @@ usage() {  # usage [EXIT_CODE]: 0 (asked for help) prints to stdout, else to std
 usage: $(basename "$0") TPU_NAME ZONE CONFIG WORKDIR [--config.KEY=VALUE ...]
 
 Copies this checkout to every worker of the TPU pod slice TPU_NAME in ZONE and runs
-launch/tpu_vm.sh CONFIG WORKDIR [...] on all of them (SKIP_COPY=1, SKIP_INSTALL=1, DETACH=1 and
-PROJECT, REMOTE_DIR: see the comments at the top of this script).
+launch/tpu_vm.sh CONFIG WORKDIR [...] --distributed=true on all of them: one search over every
+worker's chips (SKIP_COPY=1, SKIP_INSTALL=1, DETACH=1 and PROJECT, REMOTE_DIR: see the comments
+at the top of this script).
   CONFIG   an experiment config, relative to the repository root, e.g. configs/imagenet200.py
-  WORKDIR  the search's directory on the workers; an existing one is resumed
+  WORKDIR  the search's directory, written on worker 0; an existing one is resumed
 EOF
   exit "$code"
 }
@@ -81,7 +84,7 @@ if [[ "${SKIP_COPY:-0}" != 1 ]]; then
 fi
 
 # One shell command line for every worker, each argument quoted so that it arrives unchanged.
-printf -v args ' %q' "$@"
+printf -v args ' %q' "$@" --distributed=true
 run="SKIP_INSTALL=$(printf %q "${SKIP_INSTALL:-0}")"
 if [[ "${DETACH:-0}" == 1 ]]; then
   run="$run nohup bash launch/tpu_vm.sh$args > launch.log 2>&1 < /dev/null &"

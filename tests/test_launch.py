@@ -144,7 +144,7 @@ def test_pod_copies_the_checkout_then_runs_the_same_command_on_every_worker(fake
     # The worker's shell gets every argument back unchanged (spaces included).
     words = shlex.split(_remote_command(launch))
     assert words == ["cd", "ma2ml_jax", "&&", "SKIP_INSTALL=0", "bash", "launch/tpu_vm.sh",
-                     "configs/imagenet200.py", "runs/in 200", override]
+                     "configs/imagenet200.py", "runs/in 200", override, "--distributed=true"]
     # The temporary tarball is gone.
     assert not os.path.exists(scp["argv"][5])
 
@@ -176,4 +176,4 @@ def test_pod_detach_skip_copy_and_remote_dir(fakes, tmp_path):
     assert launch["argv"][6:9] == ["--zone", "zone", "--worker=all"]
     assert shlex.split(_remote_command(launch)) == [
         "cd", "src/ma2ml", "&&", "SKIP_INSTALL=1", "nohup", "bash", "launch/tpu_vm.sh", "c.py",
-        "w", ">", "launch.log", "2>&1", "<", "/dev/null", "&"]
+        "w", "--distributed=true", ">", "launch.log", "2>&1", "<", "/dev/null", "&"]
