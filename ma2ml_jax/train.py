@@ -147,9 +147,11 @@ def main(argv: list[str]) -> None:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     # orbax logs every checkpoint at INFO through absl; the search reports its own progress.
     logging.getLogger("absl").setLevel(logging.WARNING)
-    # Compiled programs are reused across runs (fixed shapes, recipes as arrays).
-    jax.config.update("jax_compilation_cache_dir",
-                      os.path.expanduser(os.environ.get("MA2ML_JAX_CACHE", "~/.cache/ma2ml_jax")))
+    # Compiled programs are reused across runs (fixed shapes, recipes as arrays), in the cache
+    # JAX_COMPILATION_CACHE_DIR names if it is set, else MA2ML_JAX_CACHE or ~/.cache/ma2ml_jax.
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(
+            os.environ.get("MA2ML_JAX_CACHE", "~/.cache/ma2ml_jax")))
     from ma2ml_jax import distributed, search
 
     try:

@@ -1,17 +1,16 @@
-"""The command line: one-line errors (exit code 2), --help, an end-to-end run that resumes."""
+"""The command line: one-line errors (exit code 2), --help, an end-to-end run that resumes, and the
+same run on two processes (multi-host)."""
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _processes import ROOT, one_process, read_log, two_processes
 
 
 def _train(*args, cwd=ROOT, timeout=300):
-    env = {**os.environ, "MA2ML_JAX_CACHE": os.path.join(ROOT, ".pytest_jax_cache")}
+    env = dict(os.environ)  # with the session's compilation cache (tests/conftest.py)
     env.pop("XLA_FLAGS", None)
     return subprocess.run([sys.executable, "-m", "ma2ml_jax.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -49,25 +48,55 @@ def test_help_documents_the_flags():
     assert "--config.KEY=VALUE" in r.stdout
 
 
-def test_end_to_end_local_run_then_resume(tmp_path):
-    workdir = tmp_path / "run"
-    r = _train("--config=configs/default.py:local", f"--workdir={workdir}", "--noprogress")
+# configs/default.py:local with 3 pipelines on 4 devices, trained together ("unrolled"): one
+# process trains its 3 on the 4 devices, two processes theirs on 2 + 2 (process 1: one pipeline
+# and the padding).
+LOCAL = ["--config=configs/default.py:local", "--config.search.pipelines=3",
+         "--config.evaluate.strategy=unrolled", "--noprogress"]
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    """One process, 4 CPU devices: 2 iterations of configs/default.py:local (3 pipelines)."""
+    workdir = tmp_path_factory.mktemp("local") / "run"
+    r = one_process(["-m", "ma2ml_jax.train", *LOCAL, f"--workdir={workdir}"])
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "Best pipeline of 8 evaluated" in r.stdout
+    return workdir, r, read_log(workdir)
+
+
+def test_end_to_end_local_run_then_resume(local_run):
+    workdir, r, trials = local_run
+    assert "Best pipeline of 6 evaluated" in r.stdout
     for section in ("[aug] augment", "[nas] macro", "[hpo] recipe", "reward"):
         assert section in r.stdout
-    with open(workdir / "trials.jsonl") as f:
-        trials = [json.loads(line) for line in f]
-    assert len(trials) == 8
+    assert len(trials) == 6
     ok = [t for t in trials if not t["failure"]]
     assert ok and all(0.0 <= t["accuracy"] <= 1.0 and t["flops"] > 0 and t["params"] > 0
                       for t in ok)
     # The proxy networks learn: the best beats chance (10 classes) on the validation split.
     assert max(t["accuracy"] for t in ok) > 0.2
-    # Resuming with more iterations keeps the first 8 trials and adds 4.
-    r2 = _train("--config=configs/default.py:local", "--config.search.iterations=3",
-                f"--workdir={workdir}", "--noprogress")
+    # Resuming with more iterations keeps the first 6 trials and adds 3.
+    r2 = one_process(["-m", "ma2ml_jax.train", *LOCAL, "--config.search.iterations=3",
+                      f"--workdir={workdir}"])
     assert r2.returncode == 0, r2.stderr[-3000:]
-    with open(workdir / "trials.jsonl") as f:
-        trials2 = [json.loads(line) for line in f]
-    assert trials2[:8] == trials and len(trials2) == 12
+    trials2 = read_log(workdir)
+    assert trials2[:6] == trials and len(trials2) == 9
+
+
+def test_two_processes_train_the_pipelines_of_one_process(local_run, tmp_path):
+    """Issue 6, item 5: proxy training sharded over a mesh spanning two processes (2 CPU devices
+    each, `_processes.py`) logs what the single-process run logged (pipelines, rewards,
+    accuracies, losses), and only process 0 writes or prints."""
+    workdir = tmp_path / "two"
+    two = two_processes(["-m", "ma2ml_jax.train", *LOCAL, "--config.search.iterations=1",
+                         f"--workdir={workdir}"])
+    for i, r in enumerate(two):
+        assert r.returncode == 0, f"process {i}:\n{r.stderr[-3000:]}"
+    assert "2 processes train each iteration's pipelines over 4 devices" in two[0].stdout
+    assert "Best pipeline of 3 evaluated" in two[0].stdout
+    assert "Best pipeline" not in two[1].stdout + two[1].stderr  # process 1 prints nothing
+    assert "data:" not in two[1].stdout + two[1].stderr
+    logged = read_log(workdir)
+    assert len(logged) == 3  # written once, not once per process
+    assert logged == local_run[2][:3]  # the first iteration of the single-process run
+    assert len(os.listdir(workdir / "tensorboard")) == 1
