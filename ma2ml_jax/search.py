@@ -250,13 +250,35 @@ def _iteration_keys(root: jax.Array, iteration: int) -> tuple[jax.Array, jax.Arr
     return tuple(jax.random.split(jax.random.fold_in(root, iteration + 1)))
 
 
+_METRICS = ("reward", "accuracy", "loss", "flops", "params", "wall_time", "failure")
+
+
 def _trial(it, index, pipeline, tokens, reward, m) -> dict[str, Any]:
-    return {"iteration": it, "index": index, "pipeline": pipeline,
-            "tokens": {a: [int(x) for x in v] for a, v in tokens.items()},
-            "reward": reward, "accuracy": float(m.get("accuracy", 0.0)),
-            "loss": _finite_or_none(m.get("loss")), "flops": float(m.get("flops", 0.0)),
-            "params": int(m.get("params", 0)), "wall_time": float(m.get("wall_time", 0.0)),
-            "failure": m.get("failure")}
+    trial = {"iteration": it, "index": index, "pipeline": pipeline,
+             "tokens": {a: [int(x) for x in v] for a, v in tokens.items()},
+             "reward": reward, "accuracy": float(m.get("accuracy", 0.0)),
+             "loss": _finite_or_none(m.get("loss")), "flops": float(m.get("flops", 0.0)),
+             "params": int(m.get("params", 0)), "wall_time": float(m.get("wall_time", 0.0)),
+             "failure": m.get("failure")}
+    # An evaluator's own numbers (Iranfar et al.'s N_epoch, epochs trained, attempts, clamped
+    # layers; an objective's extra keys) are kept under "extra": scalars and lists of scalars.
+    extra = {k: _plain(v) for k, v in m.items() if k not in _METRICS and _plain(v) is not None}
+    if extra:
+        trial["extra"] = extra
+    return trial
+
+
+def _plain(v):
+    """A JSON scalar or list of scalars for `v`, or None."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        items = [_plain(x) for x in v]
+        if all(isinstance(x, (bool, int, float, str)) for x in items):
+            return items
+    return None
 
 
 def _finite_or_none(x):

@@ -55,6 +55,22 @@ def test_run_with_objective_logs_every_pipeline(tmp_path):
     assert "Best pipeline of 12 evaluated" in search.summary(result)
 
 
+def test_an_evaluators_own_scalars_are_logged_under_extra(tmp_path):
+    """Metrics beyond the standard ones (Q-learning's N_epoch, epochs, attempts, clamped layers)
+    are kept if they are scalars or lists of scalars; a plain reward adds no "extra"."""
+    c = _config(iterations=1)
+    result = search.run(c, str(tmp_path / "extra"), progress=False, objective=lambda ps: [
+        {"reward": 0.5, "accuracy": 0.5, "n_epoch": np.int64(3 + i), "attempts": 2,
+         "note": "ok", "clamped": (np.int32(3), 5), "array": np.zeros(2), "nested": {"a": 1}}
+        for i in range(len(ps))])
+    trials = _read(tmp_path / "extra")
+    assert [t["extra"] for t in trials] == [
+        {"n_epoch": 3 + i, "attempts": 2, "note": "ok", "clamped": [3, 5]} for i in range(4)]
+    assert result.trials[0]["extra"]["n_epoch"] == 3
+    search.run(c, str(tmp_path / "plain"), objective=_objective_for(c), progress=False)
+    assert not any("extra" in t for t in _read(tmp_path / "plain"))
+
+
 @pytest.mark.parametrize("algorithm", config_lib.ALGORITHMS)
 def test_resume_equals_uninterrupted_run(tmp_path, algorithm):
     c5 = _config(iterations=5, algorithm=algorithm)

@@ -218,4 +218,9 @@ def test_layerwise_evaluator_trains_and_terminates(digits):
     evaluate = make_layerwise_evaluator(c, digits, space, log=lambda s: None, compiled=cache)
     [m] = evaluate([pipeline], jax.random.key(1))
     assert m["failure"].startswith("epoch_loss") and m["attempts"] == 2 and m["epochs"] == 2
+    # The trial log keeps the episode's numbers (search._trial: under "extra").
+    logged = search._trial(0, 0, pipeline, {a: np.asarray(v)[0] for a, v in tokens.items()},
+                           reward, m)
+    assert logged["extra"] == {"n_epoch": m["n_epoch"], "epochs": 2, "attempts": 2,
+                               "next_epochs": m["next_epochs"], "clamped": list(m["clamped"])}
     assert math.isfinite(m["wall_time"]) and len(cache) == 1
