@@ -262,6 +262,24 @@ def _validate_layerwise(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"termination.{e}") from e
 
 
+def setup_jax_for_cli() -> None:
+    """What the command lines (train, retrain) set before JAX computes anything."""
+    import logging
+    import os
+
+    import jax
+
+    # absl shows INFO logs; JAX's "no TPU/GPU backend found" lines are noise for a CPU user.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    # orbax logs every checkpoint at INFO through absl; the search reports its own progress.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    # Compiled programs are reused across runs (fixed shapes, recipes as arrays), in the cache
+    # JAX_COMPILATION_CACHE_DIR names if it is set, else MA2ML_JAX_CACHE or ~/.cache/ma2ml_jax.
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(
+            os.environ.get("MA2ML_JAX_CACHE", "~/.cache/ma2ml_jax")))
+
+
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     """Training steps in one epoch (the last partial batch is dropped, at least one step)."""
     return max(1, num_examples // batch_size)

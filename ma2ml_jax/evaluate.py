@@ -245,7 +245,6 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
         step0, rows, valid = next(epoch_chunks(key, 0))
         states = progs.init(k_init, arrays)
         (x_all, y_all), _ = placed_data(progs)
-        valid = progs.replicate(valid)
         for _ in range(2):
             t0 = time.perf_counter()
             states, losses = progs.train(states, x_all, y_all, rows, valid, hp, policy,

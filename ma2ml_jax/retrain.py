@@ -39,6 +39,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+from ma2ml_jax import config as config_lib
 from ma2ml_jax import data as data_lib
 from ma2ml_jax.errors import EXIT_USER_ERROR, ConfigError, UserError
 
@@ -501,7 +502,6 @@ def _config_from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
     """The search's config from config.json: JSON lists back to tuples, and any `retrain` key a
     config of an older version lacks filled in from `config.base_config()`.
     """
-    from ma2ml_jax import config as config_lib
 
     def tuples(x):
         if isinstance(x, dict):
@@ -558,14 +558,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    import logging
-
-    import jax
-
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-    if not jax.config.jax_compilation_cache_dir:  # as train.py, unless one is set already
-        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(
-            os.environ.get("MA2ML_JAX_CACHE", "~/.cache/ma2ml_jax")))
+    config_lib.setup_jax_for_cli()
     try:
         result = run(args.workdir, top_k=args.top_k, seeds=args.seeds, epochs=args.epochs,
                      flops_budgets=args.flops_budgets, max_train=args.max_train,

@@ -262,7 +262,7 @@ def _trial(it, index, pipeline, tokens, reward, m) -> dict[str, Any]:
              "failure": m.get("failure")}
     # An evaluator's own numbers (Iranfar et al.'s N_epoch, epochs trained, attempts, clamped
     # layers; an objective's extra keys) are kept under "extra": scalars and lists of scalars.
-    extra = {k: _plain(v) for k, v in m.items() if k not in _METRICS and _plain(v) is not None}
+    extra = {k: p for k, v in m.items() if k not in _METRICS and (p := _plain(v)) is not None}
     if extra:
         trial["extra"] = extra
     return trial

@@ -139,20 +139,10 @@ def main(argv: list[str]) -> None:
                 raise
             _fail(_config_file_message(sys.argv, e))
     workdir = _WORKDIR.value or default_workdir()
-    import logging
-
-    import jax
-
-    # absl shows INFO logs; JAX's "no TPU/GPU backend found" lines are noise for a CPU user.
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-    # orbax logs every checkpoint at INFO through absl; the search reports its own progress.
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    # Compiled programs are reused across runs (fixed shapes, recipes as arrays), in the cache
-    # JAX_COMPILATION_CACHE_DIR names if it is set, else MA2ML_JAX_CACHE or ~/.cache/ma2ml_jax.
-    if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(
-            os.environ.get("MA2ML_JAX_CACHE", "~/.cache/ma2ml_jax")))
+    from ma2ml_jax import config as config_lib
     from ma2ml_jax import distributed, search
+
+    config_lib.setup_jax_for_cli()
 
     try:
         distributed.initialize(_DISTRIBUTED.value)  # before any JAX computation
