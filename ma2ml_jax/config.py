@@ -14,14 +14,15 @@ import ml_collections
 
 from ma2ml_jax.errors import ConfigError, choices
 
-ALGORITHMS = ("random", "tpe", "ma2ml", "ma2ml_onpolicy", "lite", "qlearning")
+ALGORITHMS = ("random", "tpe", "ma2ml", "ma2ml_onpolicy", "lite", "qlearning", "evolution",
+              "local")
 # Searchers whose ask is pure and whose tell takes any batch size (agents.repeats).
-REPEAT_AWARE = ("random", "ma2ml", "ma2ml_onpolicy", "lite")
+REPEAT_AWARE = ("random", "ma2ml", "ma2ml_onpolicy", "lite", "evolution", "local")
 REWARDS = ("accuracy", "mnas", "linear", "iranfar")
 NETWORKS = ("auto", "masked", "exact")
 STRATEGIES = ("auto", "loop", "unrolled", "vmap", "map")
 STEP_LOOPS = ("host", "scan")
-SPACE_KINDS = ("augment", "macro", "cell", "recipe", "layerwise")
+SPACE_KINDS = ("augment", "macro", "cell", "recipe", "layerwise", "choices")
 AGENTS = ("aug", "nas", "hpo")
 
 
@@ -46,12 +47,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.spaces.hpo = ml_collections.ConfigDict({"kind": "recipe", "variant": "tiny"})
 
     c.search = ml_collections.ConfigDict()
-    # ma2ml | ma2ml_onpolicy | lite (MA2ML-Lite) | random | tpe (Optuna's TPE) | qlearning
+    # ma2ml | ma2ml_onpolicy | lite (MA2ML-Lite) | random | tpe (Optuna's TPE) | qlearning |
+    # evolution (regularized evolution) | local (local search with restarts)
     c.search.algorithm = "ma2ml"
     c.search.iterations = 5  # search iterations (batches of pipelines)
     c.search.pipelines = 8  # P: pipelines sampled and evaluated per iteration
     # Replace an asked pipeline whose reward is known (evaluated before, or twice in a batch) by a
-    # fresh sample, and tell the learner the known reward (agents.repeats; random, ma2ml*, lite).
+    # fresh sample, and tell the learner the known reward (agents.repeats; every searcher in
+    # REPEAT_AWARE: random, ma2ml*, lite, evolution, local).
     c.search.avoid_repeats = True
     c.search.checkpoint = True  # orbax checkpoint of the searcher state after every iteration
     c.search.repeat_rounds = 10  # asks for replacements before a repeat is evaluated again
@@ -80,6 +83,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.lite.lr = 0.1
     c.lite.baseline_decay = 0.9
     c.lite.updates = 1
+
+    # Regularized evolution (agents.evolution; Real et al. 2019), NASLib's defaults.
+    c.evolution = ml_collections.ConfigDict()
+    c.evolution.population = 30  # the newest told pipelines; uniform samples until it is full
+    c.evolution.tournament = 10  # members drawn (with replacement) per child, in [1, population]
 
     # Iranfar et al.'s per-layer multi-agent Q-learning (agents.qlearning; Sec. VI).
     c.qlearning = ml_collections.ConfigDict()
@@ -207,7 +215,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _validate_layerwise(config)
         return
     for kind in kinds:
-        if kinds.count(kind) > 1:
+        if kind != "choices" and kinds.count(kind) > 1:  # a user's own agents share a kind
             raise ConfigError(f"two agents use space kind {kind!r}; each module is one agent")
     if "macro" in kinds and "cell" in kinds:
         raise ConfigError("spaces has both a 'macro' and a 'cell' architecture; pick one")

@@ -253,6 +253,11 @@ def run(workdir: str, *, top_k: int | None = None, seeds: int | None = None,
       UserError: a missing workdir, config or trial log, no successful trial, a bad argument.
     """
     config, trials = load_search(workdir)
+    own = sorted(a for a, s in config.spaces.items() if s.get("kind") == "choices")
+    if own:
+        raise UserError(f"{workdir}: spaces {', '.join(own)} are of kind 'choices' (decisions "
+                        "of your own, scored by an objective): retrain trains image pipelines' "
+                        "networks and cannot train these")
     r = config.retrain
     top_k = r.top_k if top_k is None else top_k
     seeds = r.seeds if seeds is None else seeds

@@ -2,6 +2,7 @@
 
     result = search.run(config, workdir)                  # trains proxy networks for rewards
     result = search.run(config, workdir, objective=fn)    # your own function of decoded pipelines
+    result = search.run(config, workdir, objective=fn, space={"model": {"depth": [2, 4]}})
 
 Every evaluated pipeline is appended to `workdir/trials.jsonl` (one JSON object a line: iteration,
 index, decoded pipeline, tokens, reward, accuracy, FLOPs, params, wall time, failure reason).
@@ -20,6 +21,7 @@ return the same result.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -74,6 +76,7 @@ def make_pipeline_space(spaces_config: ml_collections.ConfigDict) -> spaces.Pipe
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective | None = None,
+        space: spaces.PipelineSpace | Mapping[str, Mapping[str, Any]] | None = None,
         progress: bool = True) -> SearchResult:
     """Runs (or resumes) a search and returns the best pipeline found.
 
@@ -82,10 +85,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective
       workdir: directory for the trial log and the saved config; created if needed.
       objective: optional function from a list of decoded pipelines to rewards, used instead of
         training proxy networks (no data is loaded then).
+      space: optional space searched instead of `config.spaces` (needs `objective`): a
+        PipelineSpace, or {agent: {decision: [values]}} for `choices` spaces. The saved
+        config.json records it in its `spaces` section as `choices` kinds, so a resume with
+        another space is refused.
       progress: show a tqdm progress bar.
     """
+    if space is not None:
+        config = _with_space(config, space)
     config_lib.validate(config)
-    space = make_pipeline_space(config.spaces)
+    own = sorted(a for a, s in config.spaces.items() if s.kind == "choices")
+    if objective is None and own:
+        raise ConfigError(f"spaces of kind 'choices' ({', '.join(own)}) are scored by an "
+                          "objective: pass objective= to search.run")
+    recorded = make_pipeline_space(config.spaces)
+    space = space if isinstance(space, spaces.PipelineSpace) else recorded
     channel = distributed.Channel()
     if not distributed.is_primary():
         return _follow(config, workdir, space, objective, channel)
@@ -94,6 +108,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective
     except BaseException:
         channel.abort()  # the other processes wait for the next message: tell them to stop
         raise
+
+
+def _with_space(config: ml_collections.ConfigDict, space) -> ml_collections.ConfigDict:
+    """A copy of `config` whose `spaces` section describes `space` as `choices` kinds."""
+    try:
+        described = spaces.choices_spaces_config(space)
+        if not described:
+            raise ValueError("space is empty: at least one agent is needed")
+        config = copy.deepcopy(config)
+        with config.unlocked():
+            config.spaces = ml_collections.ConfigDict(described)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"space=: {e}") from e
+    return config
 
 
 def _lead(config, workdir, space, objective, progress, channel) -> SearchResult:
@@ -234,9 +262,12 @@ def summary(result: SearchResult) -> str:
     """The best pipeline, decoded and readable, with its reward and metrics."""
     t = max(result.trials, key=lambda t: t["reward"])
     failed = sum(1 for x in result.trials if x["failure"])
+    # An objective that returns only rewards reports no accuracy, FLOPs or parameters.
+    metrics = (f" (val accuracy {t['accuracy']:.4f}, {t['flops'] / 1e6:.2f}M FLOPs, "
+               f"{t['params'] / 1e3:.1f}K params)"
+               if t["accuracy"] or t["flops"] or t["params"] else "")
     lines = [f"Best pipeline of {len(result.trials)} evaluated ({failed} failed), iteration "
-             f"{t['iteration']}: reward {t['reward']:.4f} (val accuracy {t['accuracy']:.4f}, "
-             f"{t['flops'] / 1e6:.2f}M FLOPs, {t['params'] / 1e3:.1f}K params); "
+             f"{t['iteration']}: reward {t['reward']:.4f}{metrics}; "
              f"{result.repeat_fraction:.0%} of the asked pipelines were repeats, "
              f"{result.evaluated_repeat_fraction:.0%} of the evaluated ones",
              result.space.format(t["pipeline"]),
@@ -347,6 +378,8 @@ def _append_trials(log_path: str, new: list[dict[str, Any]]) -> None:
 
 def _diff(a, b, ignore, prefix=()):
     if isinstance(a, dict) and isinstance(b, dict):
+        if prefix[-1:] == ("decisions",) and set(a) == set(b) and list(a) != list(b):
+            yield ".".join(prefix) + " (order)"  # a choices space's decisions are its token order
         for k in set(a) | set(b):
             if prefix + (k,) in ignore:
                 continue

@@ -47,6 +47,15 @@ def make_searcher(config: ml_collections.ConfigDict, space: PipelineSpace) -> Se
 
         options = _options(config.qlearning, QLearningConfig, "qlearning")
         return _checked(make_qlearning, space, config.search.pipelines, QLearningConfig(**options))
+    if algorithm == "evolution":
+        from ma2ml_jax.agents.evolution import EvolutionConfig, make_evolution
+
+        options = _options(config.evolution, EvolutionConfig, "evolution")
+        return _checked(make_evolution, space, config.search.pipelines, EvolutionConfig(**options))
+    if algorithm == "local":
+        from ma2ml_jax.agents.local_search import make_local_search
+
+        return _checked(make_local_search, space, config.search.pipelines)
     raise ConfigError(f"search.algorithm={algorithm!r} is not one of {choices(ALGORITHMS)}")
 
 

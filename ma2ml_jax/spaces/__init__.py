@@ -9,9 +9,11 @@
 | cell    | `cell_space(num_blocks)`                         | NAS on CIFAR (NASNet)     |
 | recipe  | `recipe_space(variant)`                          | HPO                       |
 | layerwise | `layerwise_space(variant, layer)`              | one layer (Iranfar et al.) |
+| choices | `choices_space(decisions)`                       | a user's own decisions    |
 
 A layerwise space is one agent per layer of a fixed CNN: a pipeline is all of a variant's layers
-(`layerwise_spaces_config`, `layerwise_pipeline_space`) and no other kind.
+(`layerwise_spaces_config`, `layerwise_pipeline_space`) and no other kind. A choices space is a
+user's own {decision: [values]}, scored by an objective (`search.run(..., objective=fn)`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from ma2ml_jax.spaces.augment import augment_space, to_policy
 from ma2ml_jax.spaces.base import Decision, PipelineSpace, Space
 from ma2ml_jax.spaces.cell import CELL_OPS, CIFAR_CELL_LAYOUT, CellLayout, cell_space
+from ma2ml_jax.spaces.choices import choices_pipeline_space, choices_space, choices_spaces_config
 from ma2ml_jax.spaces.layerwise import (
     LayerSpace,
     layerwise_decisions,
@@ -35,6 +38,7 @@ from ma2ml_jax.spaces.recipe import recipe_space, to_hparams
 __all__ = [
     "CELL_OPS", "CIFAR_CELL_LAYOUT", "CellLayout", "Decision", "LayerSpace", "MacroSpace",
     "PipelineSpace", "SPACE_FACTORIES", "Space", "augment_space", "cell_space",
+    "choices_pipeline_space", "choices_space", "choices_spaces_config",
     "layerwise_decisions", "layerwise_pipeline_space", "layerwise_space",
     "layerwise_spaces_config", "macro_space", "make_space", "recipe_space", "to_hparams",
     "to_policy",
@@ -46,6 +50,7 @@ SPACE_FACTORIES: dict[str, Callable[..., Space]] = {
     "cell": cell_space,
     "recipe": recipe_space,
     "layerwise": layerwise_space,
+    "choices": choices_space,
 }
 
 
@@ -56,9 +61,10 @@ def make_space(kind: str, **kwargs) -> Space:
       ValueError: naming the valid kinds, arguments or variants when one is wrong.
     """
     if kind not in SPACE_FACTORIES:
-        modules = sorted(k for k in SPACE_FACTORIES if k != "layerwise")
+        modules = sorted(k for k in SPACE_FACTORIES if k not in ("layerwise", "choices"))
         raise ValueError(f"unknown space kind {kind!r}; valid: {modules} (one module's agent), "
-                         "or 'layerwise' (one agent per layer of a CNN: the whole pipeline)")
+                         "'layerwise' (one agent per layer of a CNN: the whole pipeline), or "
+                         "'choices' (your own decisions, scored by an objective)")
     factory = SPACE_FACTORIES[kind]
     params = inspect.signature(factory).parameters
     unknown = sorted(set(kwargs) - set(params))
