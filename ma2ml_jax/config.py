@@ -75,6 +75,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.ma2ml.critic_hidden = (64, 64)
     c.ma2ml.replay_capacity = 4096
     c.ma2ml.entropy = 0.0  # entropy bonus (0: the paper's objective)
+    c.ma2ml.critic_steps = 1  # critic steps (11) per update step
+    c.ma2ml.ensemble = 1  # critic members, each on its own bootstrap mini-batches (1: the paper's)
+    # Which pipelines are evaluated: policy (P samples of the policies, the paper's Algorithm 1)
+    # | screened (the P best never-evaluated candidates by the critic ensemble; agents.screening)
+    c.ma2ml.proposal = "policy"
+    c.ma2ml.candidates = 512  # screened: policy samples scored per iteration
+    c.ma2ml.uniform_candidates = 0  # screened: uniform samples scored per iteration
+    c.ma2ml.parents = 3  # screened: best pipelines so far whose one-decision neighbours are scored
+    c.ma2ml.acquisition = "ucb"  # screened: ucb (mean + beta * std of the members) | thompson
+    c.ma2ml.beta = 1.0  # screened: UCB's weight of the members' standard deviation
 
     # MA2ML-Lite (agents.lite): per-agent REINFORCE, EMA reward baseline.
     c.lite = ml_collections.ConfigDict()

@@ -56,3 +56,22 @@ def test_failed_pipelines_are_told_as_failures():
     state, _ = searcher.tell(state, actions, np.array([np.nan, 0.5]))
     states = sorted(t.state.name for t in state.study.trials)
     assert states == ["COMPLETE", "FAIL"]
+
+
+def test_known_pipelines_are_not_asked_again_but_told_to_tpe():
+    from ma2ml_jax.bench.objectives import synthetic_space
+
+    space = synthetic_space({"a": (2,), "b": (3,)})  # 6 pipelines
+    searcher = make_tpe(space, 2, n_startup_trials=2)
+    state = searcher.init(jax.random.key(0))
+    seen = set()
+    for it in range(3):
+        actions, state = searcher.ask(state, jax.random.key(it))
+        keys = {(int(actions["a"][p, 0]), int(actions["b"][p, 0])) for p in range(2)}
+        assert not keys & seen and len(keys) == 2  # never a told pipeline while new ones exist
+        seen |= keys
+        state, _ = searcher.tell(state, actions, np.arange(2.0))
+    assert len(seen) == 6
+    # The repeats TPE proposed were completed with their known rewards, not evaluated.
+    assert len(state.study.trials) > 6
+    assert all(t.state.name == "COMPLETE" for t in state.study.trials)

@@ -41,7 +41,9 @@ def make_searcher(config: ml_collections.ConfigDict, space: PipelineSpace) -> Se
     if algorithm == "tpe":
         from ma2ml_jax.agents.tpe import make_tpe
 
-        return make_tpe(space, config.search.pipelines)
+        return make_tpe(space, config.search.pipelines,
+                        repeat_rounds=config.search.repeat_rounds if config.search.avoid_repeats
+                        else 0)
     if algorithm == "qlearning":
         from ma2ml_jax.agents.qlearning import QLearningConfig, make_qlearning
 

@@ -19,6 +19,13 @@ Where the actor's actions come from, the paper leaves open; `actor_actions` sele
   "replay": the actions of a replay mini-batch (what was evaluated, possibly by older policies);
   "fresh":  actions sampled from the current policies and scored by the critic. The critic is what
             makes learning off-policy; the policy-gradient estimate is then on-policy in A.
+Which pipelines `ask` proposes, `proposal` selects:
+  "policy":   P samples of the current policies (the paper's Algorithm 1);
+  "screened": many candidates (policy samples, uniform samples, every one-decision neighbour of
+              the best pipelines so far) scored by an ensemble of `ensemble` critics, and the P
+              best never-evaluated ones by an acquisition (`agents.screening`). The critic
+              members are trained as in (11), each on its own bootstrap mini-batches; equations
+              (12)-(14) use their mean, so with `ensemble=1` the learner is the paper's.
 `on_policy=True` is the paper's on-policy ablation: every mini-batch is drawn from the pipelines
 of the latest `tell` only (the replay buffer still stores all, but the learner sees only those).
 """
@@ -42,15 +49,19 @@ from ma2ml_jax.agents.normalize import (
 )
 from ma2ml_jax.agents.policy import POLICIES, make_policy
 from ma2ml_jax.agents.replay import ReplayState, make_replay
+from ma2ml_jax.agents.screening import ACQUISITIONS, make_hash, neighbours, novel, select
+from ma2ml_jax.agents.screening import concat as concat_actions
+from ma2ml_jax.agents.screening import take as take_actions
 from ma2ml_jax.spaces import PipelineSpace
 
 ACTOR_ACTIONS = ("fresh", "replay")
+PROPOSALS = ("policy", "screened")
 
 
 class MA2MLState(NamedTuple):
     policy: Any  # {agent: policy params}: pi
     target: Any  # {agent: policy params}: rho, the Polyak average of pi (14)
-    critic: Any  # critic params phi
+    critic: Any  # critic params phi, every leaf with a leading [ensemble] axis
     actor_opt: Any
     critic_opt: Any
     replay: ReplayState  # items {"tokens": {agent: int32[n]}, "reward": float32[]} (raw rewards)
@@ -78,6 +89,14 @@ class MA2MLConfig(NamedTuple):
     replay_capacity: int = 4096
     entropy: float = 0.0  # optional entropy bonus (0 = the paper's objective)
     on_policy: bool = False
+    critic_steps: int = 1  # critic steps (11) per update step
+    ensemble: int = 1  # critic members (1: the paper's critic); (12)-(13) use their mean
+    proposal: str = "policy"  # policy | screened (agents.screening)
+    candidates: int = 512  # screened: policy samples scored per ask
+    uniform_candidates: int = 0  # screened: uniform samples scored per ask
+    parents: int = 3  # screened: best pipelines whose one-decision neighbours are scored
+    acquisition: str = "ucb"  # screened: ucb (mean + beta * std) | thompson
+    beta: float = 1.0  # screened: the UCB's weight of the members' standard deviation
 
     def check(self) -> None:
         if self.policy not in POLICIES:
@@ -85,8 +104,18 @@ class MA2MLConfig(NamedTuple):
         if self.actor_actions not in ACTOR_ACTIONS:
             raise ValueError(f"ma2ml.actor_actions={self.actor_actions!r} is not one of "
                              f"{list(ACTOR_ACTIONS)}")
+        if self.proposal not in PROPOSALS:
+            raise ValueError(f"ma2ml.proposal={self.proposal!r} is not one of {list(PROPOSALS)}")
+        if self.acquisition not in ACQUISITIONS:
+            raise ValueError(f"ma2ml.acquisition={self.acquisition!r} is not one of "
+                             f"{list(ACQUISITIONS)}")
+        for name in ("uniform_candidates", "parents"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ma2ml.{name}={getattr(self, name)} must be >= 0")
+        if self.beta < 0:
+            raise ValueError(f"ma2ml.beta={self.beta} must be >= 0")
         for name in ("num_alternatives", "updates", "critic_batch", "actor_batch",
-                     "replay_capacity"):
+                     "replay_capacity", "critic_steps", "ensemble", "candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ma2ml.{name}={getattr(self, name)} must be >= 1")
         if not 0.0 < self.tau <= 1.0:
@@ -187,35 +216,77 @@ def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig | 
     critic_tx = optax.adam(config.critic_lr)
     lam, K = config.lam, config.num_alternatives
 
+    members = config.ensemble
+    pipeline_hash = make_hash(space)
+
     def init(key):
         k_pol, k_critic, k_state = jax.random.split(key, 3)
         params = {a: policies[a].init(jax.random.fold_in(k_pol, i)) for i, a in enumerate(agents)}
-        phi = critic.init(k_critic)
+        phi = jax.vmap(critic.init)(jax.random.split(k_critic, members))
         example = {"tokens": {a: jnp.zeros((space[a].n_decisions,), jnp.int32) for a in agents},
                    "reward": jnp.zeros((), jnp.float32)}
-        return MA2MLState(params, params, phi, actor_tx.init(params), critic_tx.init(phi),
-                          replay.init(example), RunningStats.zeros(), k_state,
-                          jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+        # Every leaf its own buffer: tell donates the state, and a buffer donated twice fails
+        # (rho starts equal to pi, but as a copy).
+        return MA2MLState(params, jax.tree.map(jnp.copy, params), phi, actor_tx.init(params),
+                          critic_tx.init(phi), replay.init(example), RunningStats.zeros(),
+                          k_state, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
     def sample_joint(params, key, num):
         return {a: policies[a].sample(params[a], jax.random.fold_in(key, i), num)
                 for i, a in enumerate(agents)}
 
+    def ensemble_q(phi, actions):
+        """float32[members, ...]: every member's Q(S, A) of joint actions {agent: int[..., n]}."""
+        return jax.vmap(critic.apply, in_axes=(0, None))(phi, actions)
+
+    def screened(state, key):
+        """The P best never-evaluated candidates by the acquisition (agents.screening)."""
+        k_pol, k_uni, k_sel = jax.random.split(key, 3)
+        parts = [sample_joint(state.policy, k_pol, config.candidates)]
+        if config.uniform_candidates:
+            parts.append(space.sample(k_uni, config.uniform_candidates))
+        stored = state.replay.data["tokens"]
+        valid = jnp.arange(replay.capacity) < state.replay.size
+        if config.parents:
+            best = jax.lax.top_k(jnp.where(valid, state.replay.data["reward"], -jnp.inf),
+                                 min(config.parents, replay.capacity))[1]
+            parts.append(neighbours(space, take_actions(stored, best)))
+        candidates = concat_actions(*parts)
+        allowed = novel(pipeline_hash(candidates), pipeline_hash(stored), valid)
+        index = select(ensemble_q(state.critic, candidates), allowed, num_pipelines,
+                       config.acquisition, config.beta, k_sel)
+        return take_actions(candidates, index)
+
     @jax.jit
     def ask(state, key):
+        if config.proposal == "screened":
+            return screened(state, key), state
         return sample_joint(state.policy, key, num_pipelines), state
 
     def update_step(state: MA2MLState, key) -> tuple[MA2MLState, dict[str, jax.Array]]:
         """One critic step (11), one step of every actor (13), one Polyak step (14)."""
         k_critic, k_actor, k_alt = jax.random.split(key, 3)
         window = state.last_batch if config.on_policy else None
-        # (11) critic on standardized rewards.
-        batch = replay.sample(state.replay, k_critic, config.critic_batch, window)
-        target_r = standardize(state.stats, batch["reward"])
-        loss_q, grads = jax.value_and_grad(
-            lambda phi: critic_loss(critic, phi, batch["tokens"], target_r))(state.critic)
-        updates, critic_opt = critic_tx.update(grads, state.critic_opt, state.critic)
-        phi = optax.apply_updates(state.critic, updates)
+
+        # (11) critic on standardized rewards; each member on its own mini-batches.
+        def critic_step(carry, k):
+            phi, opt = carry
+            batch = jax.vmap(lambda kk: replay.sample(state.replay, kk, config.critic_batch,
+                                                      window))(jax.random.split(k, members))
+            target_r = standardize(state.stats, batch["reward"])  # [members, batch]
+
+            def loss(phi):
+                return jax.vmap(lambda p, toks, r: critic_loss(critic, p, toks, r))(
+                    phi, batch["tokens"], target_r).sum()
+
+            value, grads = jax.value_and_grad(loss)(phi)
+            updates, opt = critic_tx.update(grads, opt, phi)
+            return (optax.apply_updates(phi, updates), opt), value / members
+
+        (phi, critic_opt), losses = jax.lax.scan(
+            critic_step, (state.critic, state.critic_opt),
+            jax.random.split(k_critic, config.critic_steps))
+        loss_q = losses[-1]
 
         # (12)-(13) actors.
         if config.actor_actions == "replay":
@@ -224,7 +295,7 @@ def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig | 
             actions = sample_joint(state.policy, k_actor, config.actor_batch)
         alternatives = {a: x.reshape((K, config.actor_batch, -1)) for a, x in
                         sample_joint(state.policy, k_alt, K * config.actor_batch).items()}
-        q_apply = lambda toks: critic.apply(phi, toks)  # noqa: E731
+        q_apply = lambda toks: ensemble_q(phi, toks).mean(0)  # noqa: E731
         (_, (advantage, log_ratio)), grads = jax.value_and_grad(
             lambda params: actor_surrogate(policies, params, state.policy, state.target, q_apply,
                                            actions, alternatives, lam, config.entropy),

@@ -24,8 +24,9 @@ class RunningStats(NamedTuple):
 
     @classmethod
     def zeros(cls) -> RunningStats:
-        z = jnp.zeros((), jnp.float32)
-        return cls(z, z, z)
+        # Three buffers, not one shared: a jitted function that donates the stats would
+        # otherwise donate the same buffer three times.
+        return cls(*(jnp.zeros((), jnp.float32) for _ in range(3)))
 
     @property
     def std(self) -> jax.Array:

@@ -1,0 +1,124 @@
+"""Critic-screened proposals: many candidate pipelines, the few a critic ensemble rates best.
+
+A policy-gradient learner that evaluates only its own samples uses each (costly) evaluation for a
+few gradient steps. MA2ML already owns a model of the reward, the centralized critic Q(S, A) of
+equation (11): used as a screen, it decides which of many cheap candidates are worth evaluating.
+
+    candidates = policy samples  +  uniform samples  +  every one-decision neighbour of the best
+                 pipelines evaluated so far (local moves)
+    score      = an acquisition over an ensemble of critics (independently initialized members,
+                 each trained on its own bootstrap mini-batches): the mean plus `beta` standard
+                 deviations (upper confidence bound), or one member per proposal (Thompson)
+    proposals  = the P best distinct candidates that were never evaluated
+
+Every function here is pure and jittable; pipelines are joint actions {agent: int32[N, n_agent]}.
+Identity of a pipeline is a pair of 32-bit hashes of its tokens (a collision needs two pipelines
+equal in 64 random bits: about 1e-19 for a pair).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ma2ml_jax.agents.neighbourhood import FlatSpace
+from ma2ml_jax.spaces import PipelineSpace
+
+ACQUISITIONS = ("ucb", "thompson")
+
+
+def make_hash(space: PipelineSpace, seed: int = 0):
+    """(actions {agent: int[..., n]}) -> (uint32[...], uint32[...]): two independent hashes."""
+    flat = FlatSpace(space)
+    n = flat.num_decisions
+    rng = np.random.default_rng(seed)
+    weights = jnp.asarray(rng.integers(1, 2**32, (2, n), dtype=np.uint64).astype(np.uint32) | 1)
+    bias = jnp.asarray(rng.integers(1, 2**32, (2, n), dtype=np.uint64).astype(np.uint32))
+
+    def pipeline_hash(actions):
+        tokens = flat.flatten(actions).astype(jnp.uint32)
+        # A multiply-xorshift per position, summed (mod 2^32): position-dependent and nonlinear,
+        # so permuted or offset token vectors do not collide.
+        x = (tokens[..., None, :] + 1) * weights + bias  # [..., 2, n]
+        x = x ^ (x >> 15)
+        x = x * jnp.uint32(0x2C1B3C6D)
+        x = x ^ (x >> 12)
+        h = x.sum(-1, dtype=jnp.uint32)
+        return h[..., 0], h[..., 1]
+
+    return pipeline_hash
+
+
+def novel(cand: tuple[jax.Array, jax.Array], seen: tuple[jax.Array, jax.Array],
+          seen_valid: jax.Array) -> jax.Array:
+    """bool[C]: candidates never seen and first of their kind among the candidates.
+
+    Args:
+      cand: hashes (uint32[C], uint32[C]) of the candidates.
+      seen: hashes (uint32[R], uint32[R]) of the pipelines evaluated so far.
+      seen_valid: bool[R], which entries of `seen` are real (a replay's unused slots are not).
+    """
+    c, r = cand[0].shape[0], seen[0].shape[0]
+    h1 = jnp.concatenate([seen[0], cand[0]])
+    h2 = jnp.concatenate([seen[1], cand[1]])
+    # Within one (h1, h2) group: valid seen entries first, then candidates, then unused slots.
+    tag = jnp.concatenate([jnp.where(seen_valid, 0, 2), jnp.ones((c,), jnp.int32)])
+    order = jnp.lexsort((tag, h2, h1))
+    s1, s2, st = h1[order], h2[order], tag[order]
+    new_group = jnp.concatenate([jnp.ones((1,), bool), (s1[1:] != s1[:-1]) | (s2[1:] != s2[:-1])])
+    position = jnp.arange(r + c)
+    first = jax.lax.cummax(jnp.where(new_group, position, 0))
+    # A candidate is kept when its group holds no evaluated pipeline and it is the group's first.
+    keep_sorted = (st == 1) & (first == position)
+    keep = jnp.zeros((r + c,), bool).at[order].set(keep_sorted)
+    return keep[r:]
+
+
+def neighbours(space: PipelineSpace, parents: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """Every one-decision neighbour of each parent: {agent: int32[M * K, n_agent]}, K =
+    sum over decisions of (size - 1) (`agents.neighbourhood` numbers them).
+    """
+    flat = FlatSpace(space)
+    x = flat.flatten(parents)  # [M, D]
+    every = jax.vmap(lambda p: jax.vmap(lambda k: flat.neighbour(p, k))(
+        jnp.arange(flat.num_neighbours)))(x)  # [M, K, D]
+    return flat.unflatten(every.reshape(-1, flat.num_decisions))
+
+
+def concat(*batches: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    return {a: jnp.concatenate([b[a] for b in batches]) for a in batches[0]}
+
+
+def take(actions: Mapping[str, jax.Array], index: jax.Array) -> dict[str, jax.Array]:
+    return {a: x[index] for a, x in actions.items()}
+
+
+def select(scores: jax.Array, allowed: jax.Array, num: int, acquisition: str, beta: float,
+           key: jax.Array) -> jax.Array:
+    """int32[num]: indices of the candidates to evaluate.
+
+    Args:
+      scores: float32[members, C], each member's predicted (standardized) reward.
+      allowed: bool[C], candidates that may be chosen (novel); when fewer than `num` are, the
+        rest of the picks are the best of the others (the driver's repeat handling sees them).
+      acquisition: "ucb" (mean + beta * std over members: the `num` best) or "thompson" (pick
+        j uses member (j + offset) mod members, offset drawn from `key`; no pick twice).
+    """
+    members = scores.shape[0]
+    if acquisition == "ucb":
+        value = scores.mean(0) + beta * (scores.std(0) if members > 1 else 0.0)
+        value = jnp.where(allowed, value, value - 1e9)
+        return jax.lax.top_k(value, num)[1]
+    offset = jax.random.randint(key, (), 0, members)
+    chosen = jnp.zeros(scores.shape[1], bool)
+    picks = []
+    for j in range(num):
+        v = scores[(j + offset) % members]
+        v = jnp.where(allowed & ~chosen, v, jnp.where(chosen, -jnp.inf, v - 1e9))
+        i = jnp.argmax(v)
+        chosen = chosen.at[i].set(True)
+        picks.append(i)
+    return jnp.stack(picks).astype(jnp.int32)

@@ -1,0 +1,131 @@
+"""Critic-screened proposals: pipeline identity, novelty, neighbours, acquisition, and MA2ML's
+screened ask (never an evaluated pipeline; better batches than its own policy's samples).
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ma2ml_jax.agents import pipeline_key, screening
+from ma2ml_jax.agents.ma2ml import MA2MLConfig, build_ma2ml
+from ma2ml_jax.bench.objectives import make_objective, synthetic_space
+
+SPACE = synthetic_space({"a": (4, 3), "b": (2, 5, 3)})  # 360 pipelines
+
+
+def every_pipeline(space):
+    sizes = [s for a in space.agents for s in space[a].sizes]
+    rows = np.array(list(itertools.product(*[range(s) for s in sizes])), np.int32)
+    out, start = {}, 0
+    for a in space.agents:
+        n = space[a].n_decisions
+        out[a] = rows[:, start:start + n]
+        start += n
+    return out
+
+
+def test_hash_pairs_are_distinct_over_a_whole_space():
+    everything = every_pipeline(SPACE)
+    h1, h2 = screening.make_hash(SPACE)(everything)
+    pairs = set(zip(np.asarray(h1).tolist(), np.asarray(h2).tolist()))
+    assert len(pairs) == 360
+    # Each hash alone separates them too (a swap of tokens between positions changes it).
+    assert len(set(np.asarray(h1).tolist())) == 360
+
+
+def test_novel_drops_seen_pipelines_and_keeps_one_of_each_duplicate():
+    pipeline_hash = screening.make_hash(SPACE)
+    everything = every_pipeline(SPACE)
+    seen = screening.take(everything, jnp.asarray([3, 7, 11, 0]))
+    valid = jnp.asarray([True, True, True, False])  # slot 3 is unused: pipeline 0 is not seen
+    cand = screening.take(everything, jnp.asarray([7, 5, 5, 0, 3, 9, 0, 5]))
+    keep = np.asarray(screening.novel(pipeline_hash(cand), pipeline_hash(seen), valid))
+    assert keep.tolist() == [False, True, False, True, False, True, False, False]
+
+
+def test_neighbours_are_every_one_decision_change():
+    parent = {"a": jnp.asarray([[1, 2]]), "b": jnp.asarray([[0, 4, 1]])}
+    nb = screening.neighbours(SPACE, parent)
+    flat = np.concatenate([np.asarray(nb[a]) for a in SPACE.agents], 1)
+    p = np.concatenate([np.asarray(parent[a]) for a in SPACE.agents], 1)
+    assert flat.shape == (3 + 2 + 1 + 4 + 2, 5)
+    assert ((flat != p).sum(1) == 1).all()
+    assert len({tuple(r) for r in flat}) == len(flat)
+
+
+def test_ucb_prefers_uncertain_candidates_and_respects_allowed():
+    scores = jnp.asarray([[1.0, 0.0, 2.0, 0.5], [1.0, 2.0, 2.0, 0.5]])  # means 1, 1, 2, .5
+    allowed = jnp.asarray([True, True, False, True])
+    key = jax.random.key(0)
+    assert screening.select(scores, allowed, 1, "ucb", 0.0, key).tolist() in ([0], [1])
+    assert screening.select(scores, allowed, 1, "ucb", 1.0, key).tolist() == [1]  # std 1
+    assert sorted(screening.select(scores, allowed, 3, "ucb", 0.0, key).tolist()) == [0, 1, 3]
+    # Fewer allowed than asked: the rest are the best of the others.
+    assert sorted(screening.select(scores, allowed, 4, "ucb", 0.0, key).tolist()) == [0, 1, 2, 3]
+
+
+def test_thompson_picks_distinct_allowed_candidates_one_member_each():
+    scores = jnp.asarray([[3.0, 2.0, 1.0, 0.0, 9.0], [0.0, 1.0, 2.0, 3.0, 9.0]])
+    allowed = jnp.asarray([True, True, True, True, False])
+    picks = screening.select(scores, allowed, 2, "thompson", 0.0, jax.random.key(1)).tolist()
+    assert sorted(picks) == [0, 3]  # each member's favourite among the allowed
+    picks = screening.select(scores, allowed, 4, "thompson", 0.0, jax.random.key(1)).tolist()
+    assert sorted(picks) == [0, 1, 2, 3]
+
+
+def _screened(objective, pipelines, **kw):
+    config = MA2MLConfig(proposal="screened", ensemble=3, candidates=64, critic_batch=16,
+                         actor_batch=8, num_alternatives=2, updates=4, **kw)
+    return build_ma2ml(objective.space, pipelines, config)
+
+
+def test_screened_ask_never_proposes_an_evaluated_pipeline():
+    objective = make_objective({"a": (3, 2), "b": (2, 3)}, seed=0)  # 36 pipelines
+    parts = _screened(objective, 4, uniform_candidates=8)
+    s = parts.searcher
+    state = s.init(jax.random.key(0))
+    seen = set()
+    for it in range(8):  # 32 of the 36 pipelines
+        actions, state = s.ask(state, jax.random.key(it))
+        keys = [pipeline_key(actions, p) for p in range(4)]
+        assert len(set(keys)) == 4 and not set(keys) & seen, it
+        seen |= set(keys)
+        state, _ = s.tell(state, actions, np.asarray(objective.true_reward(actions)))
+
+
+def test_critic_members_are_independent_and_screened_batches_beat_the_policy():
+    objective = make_objective({"a": (4,) * 4, "b": (4,) * 4}, seed=5)  # 65,536 pipelines
+    parts = _screened(objective, 8, parents=2)
+    s = parts.searcher
+    state = s.init(jax.random.key(1))
+    leaf = state.critic["embed"]["a"]
+    assert leaf.shape[0] == 3 and not np.allclose(leaf[0], leaf[1])  # own initializations
+    for it in range(12):
+        actions, state = s.ask(state, jax.random.key(it))
+        state, _ = s.tell(state, actions, np.asarray(objective.true_reward(actions)))
+    screened = np.mean([np.asarray(objective.true_reward(s.ask(state, jax.random.key(100 + i))[0]))
+                        for i in range(4)])
+    policy = np.mean([np.asarray(objective.true_reward({
+        a: parts.policies[a].sample(state.policy[a], jax.random.key(200 + i), 8)
+        for a in objective.space.agents})) for i in range(4)])
+    assert screened > policy + 0.05, (screened, policy)
+
+
+@pytest.mark.parametrize("acquisition", ["ucb", "thompson"])
+def test_screened_search_reaches_the_optimum_of_a_small_objective(acquisition):
+    objective = make_objective({"a": (4,) * 3, "b": (4,) * 3}, seed=2)  # 4096 pipelines
+    parts = _screened(objective, 8, acquisition=acquisition)
+    s = parts.searcher
+    reached = 0
+    for seed in range(3):
+        state, best = s.init(jax.random.key(seed)), 0.0
+        for it in range(30):  # 240 evaluations
+            actions, state = s.ask(state, jax.random.key(1000 * seed + it))
+            r = np.asarray(objective.true_reward(actions))
+            best = max(best, float(r.max()))
+            state, _ = s.tell(state, actions, r)
+        reached += best > 1 - 1e-6
+    assert reached >= 2
