@@ -78,9 +78,9 @@ def test_evals_to_target_and_quartiles():
     from ma2ml_jax.bench import sample_efficiency as se
 
     curve = np.asarray([0.1, 0.5, 0.97, 0.985, 1.0])
-    assert se.evals_to_target(curve, 0.02) == 4
-    assert se.evals_to_target(curve, 0.0) == 5
-    assert se.evals_to_target(curve[:3], 0.02) == np.inf
+    assert se.evals_to_target(curve, 0.98) == 4
+    assert se.evals_to_target(curve, 1.0) == 5
+    assert se.evals_to_target(curve[:3], 0.98) == np.inf
     assert se.quartiles([4, 1, 3, 2]) == (1.0, 2.0, 3.0)
     assert se.quartiles([5, np.inf, np.inf]) == (5.0, np.inf, np.inf)
 
