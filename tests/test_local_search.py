@@ -5,6 +5,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -99,7 +100,7 @@ def test_asks_distinct_untried_neighbours_and_restarts_at_a_local_optimum():
     assert not np.any(state.tried) and np.isneginf(float(state.incumbent_reward))
     # After the restart the next batch's best is the incumbent, although worse than the optimum.
     third, state = LS.ask(state, jax.random.key(3))
-    state, _ = LS.tell(state, third, np.asarray([0.1, 0.3, 0.2, 0.0], np.float32))
+    state, _ = LS.tell(state, third, np.asarray([0.6, 0.8, 0.7, 0.55], np.float32))
     np.testing.assert_array_equal(state.incumbent, _flat(third)[1])
 
 
@@ -138,7 +139,10 @@ def test_the_incumbent_moves_to_an_improving_pipeline():
     far = (x[1] + np.asarray([1, 1, 1])) % np.asarray([2, 3, 4])
     state, _ = LS.tell(state, _actions(far), np.asarray([1.0], np.float32))
     np.testing.assert_array_equal(state.incumbent, far)
-    assert not np.any(state.tried)  # x[1] is three decisions away
+    # x[1] is three decisions away; what is tried is what was told one decision from `far`.
+    told = known | {tuple(x[1])}
+    tried = {tuple(np.asarray(flat.neighbour(far, k))) for k in np.flatnonzero(state.tried)}
+    assert tried == {y for y in _neighbours(far, [2, 3, 4]) if y in told}
 
 
 def test_any_batch_size_and_padding_marks_nothing():
@@ -168,7 +172,7 @@ def test_state_is_checkpointable_with_one_buffer_per_leaf():
     state = LS.init(jax.random.key(0))
     assert checkpoint.checkpointable(state)
     pointers = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(state)]
-    assert len(set(pointers)) == len(pointers) == 5
+    assert len(set(pointers)) == len(pointers) == 8
     donated = jax.jit(lambda s: s._replace(restarts=s.restarts + 1), donate_argnums=0)(state)
     assert int(donated.restarts) == 1
 
@@ -246,3 +250,24 @@ def test_finds_the_optimum_of_a_small_cooperative_objective():
              for name, s in OPT_SEARCHERS.items()}
     assert sum(i is not None for i in found["local"]) >= 6, found
     assert sum(i is not None for i in found["random"]) <= 2, found
+
+
+def test_remembered_pipelines_are_not_asked_again_and_a_better_one_is_moved_to():
+    state = _with_incumbent(LS, [1, 0, 2])
+    first, state = LS.ask(state, jax.random.key(1))
+    x = _flat(first)
+    state, _ = LS.tell(state, first, np.full(P, 0.5, np.float32))  # no move
+    # A restart, then an incumbent one decision from one of those 0.5s but worse than it: it
+    # moves to the remembered 0.5 at once, without asking for it.
+    far = x[0].copy()
+    far[0] = 1 - far[0]
+    restarted = state._replace(has_incumbent=jnp.zeros((), bool),
+                               incumbent_reward=jnp.full((), -jnp.inf))
+    state, _ = LS.tell(restarted, _actions(far), np.asarray([0.2], np.float32))
+    np.testing.assert_array_equal(state.incumbent, x[0])
+    assert float(state.incumbent_reward) == pytest.approx(0.5)
+    # Every neighbour told before is tried: the next asks never hold one of them.
+    told = {tuple(y) for y in x} | {tuple(far), (1, 0, 2)}
+    asked, state = LS.ask(state, jax.random.key(5))
+    neighbours = [tuple(y) for y in _flat(asked) if _hamming(y, x[0]) == 1]
+    assert neighbours and not set(neighbours) & told
