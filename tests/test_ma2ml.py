@@ -1,6 +1,7 @@
-"""MA2ML's math on a small cooperative problem with a known reward table (issue 5, item 7):
-the counterfactual baseline (12), the policy gradient (13) against the exact gradient of the
-regularized objective, Theorem 1's monotone improvement, and search against random search."""
+"""MA2ML's math on a small cooperative problem with a known reward table: the counterfactual
+baseline (12), the policy gradient (13) against the exact gradient of the regularized objective,
+one update step's critic (11) and target (14) against a hand-made step, Theorem 1's monotone
+improvement, and search against random search."""
 
 import itertools
 
@@ -105,12 +106,33 @@ def test_policy_gradient_estimates_the_exact_gradient():
         valid = np.arange(g.shape[1])[None] < TABLE.space[a].sizes[:, None]
         assert np.abs(g[valid]).max() > 0.01
         np.testing.assert_allclose(e[valid], g[valid], atol=0.1 * np.abs(g[valid]).max())
-    # Without the baseline's lambda term the estimate is biased: the test would notice.
-    biased = jax.grad(lambda p: actor_surrogate(policies, p, params, target, TABLE.true_reward,
-                                                actions, alternatives, 0.0)[0])(params)
-    diff = max(np.abs(np.asarray(biased[a]["logits"]) - np.asarray(exact[a]["logits"])).max()
-               for a in TABLE.agents)
-    assert diff > 0.1 * max(np.abs(np.asarray(exact[a]["logits"])).max() for a in TABLE.agents)
+    scale = max(np.abs(np.asarray(exact[a]["logits"])).max() for a in TABLE.agents)
+
+    def surrogate(p, ratio_term, baseline_kl):
+        """(13) with the advantage's -lam log(pi/rho)(A_i) and the baseline's -lam KL term
+        switched on or off (the baseline's expectation of Q is always there)."""
+        q = TABLE.true_reward(actions)
+        b = counterfactual_baseline(TABLE.true_reward, policies, params, target, actions,
+                                    alternatives, LAM if baseline_kl else 0.0)
+        ratio = jnp.stack([policies[a].log_prob(params[a], actions[a])
+                           - policies[a].log_prob(target[a], actions[a]) for a in TABLE.agents])
+        adv = jax.lax.stop_gradient(q[None] - (LAM * ratio if ratio_term else 0.0) - b)
+        logp = jnp.stack([policies[a].log_prob(p[a], actions[a]) for a in TABLE.agents])
+        return -(adv * logp).mean(1).sum()
+
+    def max_error(grads):
+        return max(np.abs(np.asarray(grads[a]["logits"]) - np.asarray(exact[a]["logits"]))[
+            np.arange(exact[a]["logits"].shape[1])[None] < TABLE.space[a].sizes[:, None]].max()
+            for a in TABLE.agents)
+
+    # The hand-written surrogate with both terms is actor_surrogate's estimate.
+    assert max_error(jax.grad(surrogate)(params, True, True)) < 0.1 * scale
+    # The baseline's -lam KL(pi_i || rho_i) does not depend on A_i: dropping it leaves the
+    # estimate unbiased (it only changes the variance).
+    assert max_error(jax.grad(surrogate)(params, True, False)) < 0.1 * scale
+    # The advantage's -lam log(pi_i/rho_i)(A_i) does depend on A_i: without it the estimate is
+    # the gradient of E[R] alone, biased for J_reg.
+    assert max_error(jax.grad(surrogate)(params, False, True)) > 0.3 * scale
 
 
 def test_theorem1_policy_iteration_never_decreases_j():
@@ -205,3 +227,72 @@ def test_class_defaults_are_the_config_defaults():
     expected = MA2MLConfig()._asdict()
     expected.pop("on_policy")  # chosen by search.algorithm=ma2ml_onpolicy
     assert section == expected
+
+
+def _filled(config, tells=1, seed=0):
+    """An MA2ML state whose replay holds `tells` batches of 8 told pipelines."""
+    parts = build_ma2ml(TABLE.space, 8, config)
+    s = parts.searcher
+    state = s.init(jax.random.key(seed))
+    for t in range(tells):
+        actions, _ = s.ask(state, jax.random.key(100 + t))
+        # Distinct reward levels per tell, so a mini-batch from the wrong tell is visible.
+        state, _ = s.tell(state, actions, np.asarray(TABLE.true_reward(actions)) + 3.0 * t)
+    return parts, state
+
+
+def _expected_critic(parts, config, state, key, window):
+    """One Adam step on loss (11), E[(Q(S, A) - standardized R)^2], over the mini-batch that
+    `update_step(state, key)` draws (critic_steps = 1, one member): derived by hand."""
+    import optax
+
+    from ma2ml_jax.agents.critic import critic_loss
+    from ma2ml_jax.agents.normalize import standardize
+
+    k_critic = jax.random.split(key, 3)[0]
+    k_member = jax.random.split(jax.random.split(k_critic, 1)[0], 1)[0]
+    batch = parts.replay.sample(state.replay, k_member, config.critic_batch, window)
+    phi = jax.tree.map(lambda x: x[0], state.critic)
+    target_r = (batch["reward"] - state.stats.mean) / state.stats.std
+    np.testing.assert_allclose(standardize(state.stats, batch["reward"]), target_r, rtol=1e-6)
+    grads = jax.grad(lambda p: critic_loss(parts.critic, p, batch["tokens"], target_r))(phi)
+    opt = jax.tree.map(lambda x: x[0] if getattr(x, "ndim", 0) else x, state.critic_opt)
+    updates, _ = optax.adam(config.critic_lr).update(grads, opt, phi)
+    return optax.apply_updates(phi, updates), batch
+
+
+def test_one_update_fits_the_critic_to_the_standardized_minibatch_and_moves_rho():
+    config = MA2MLConfig(critic_batch=16, actor_batch=8, num_alternatives=2, updates=1, tau=0.3)
+    parts, state = _filled(config, tells=2)
+    key = jax.random.key(7)
+    expected, _ = _expected_critic(parts, config, state, key, None)
+    new, _ = parts.update_step(state, key)
+    got = jax.tree.map(lambda x: x[0], new.critic)
+    for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6)
+    # (14): rho' = (1 - tau) rho + tau pi', with pi' the policy after this step's actor update.
+    for a in TABLE.agents:
+        for r, p, t in zip(jax.tree.leaves(state.target[a]), jax.tree.leaves(new.policy[a]),
+                           jax.tree.leaves(new.target[a])):
+            np.testing.assert_allclose(t, 0.7 * np.asarray(r) + 0.3 * np.asarray(p), rtol=1e-5,
+                                       atol=1e-7)
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(new.policy),
+                                                     jax.tree.leaves(state.policy)))
+
+
+def test_on_policy_updates_see_only_the_last_tell():
+    config = MA2MLConfig(critic_batch=16, actor_batch=8, num_alternatives=2, updates=1,
+                         on_policy=True, actor_actions="replay")
+    parts, state = _filled(config, tells=3)
+    assert int(state.last_batch) == 8 and int(state.replay.size) == 24
+    key = jax.random.key(3)
+    expected, batch = _expected_critic(parts, config, state, key, state.last_batch)
+    # Every item of the mini-batch is one of the last tell's (their rewards are offset by 6).
+    assert (np.asarray(batch["reward"]) > 5.0).all()
+    new, _ = parts.update_step(state, key)
+    for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(new.critic)):
+        np.testing.assert_allclose(g[0], e, rtol=1e-4, atol=1e-6)
+    # The off-policy learner's step, from the whole buffer, is another step.
+    off, _ = _expected_critic(parts, config, state, key, None)
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(off),
+                                                     jax.tree.leaves(expected)))
