@@ -1,9 +1,10 @@
 r"""The paper's CIFAR-10 setting (MA2ML, CVPR 2023, Section 4.2).
 
 AUG: 25 AutoAugment sub-policies; NAS: NASNet normal + reduction cell, 17 cells with reduction cells
-at positions 5 and 11; HPO: SGD with the warm-up learning rate and weight decay searched (4 values
-each). 24 pipelines per iteration, 12 proxy epochs each, 10K validation images held out of train,
-top 30 pipelines retrained (600 epochs in the paper).
+at 1-based positions 6 and 12 (5 normal cells before, between and after them); HPO: SGD with the
+warm-up learning rate and weight decay searched (4 values each). 24 pipelines per iteration, 12
+proxy epochs each, 10K validation images held out of train, top 30 pipelines retrained (600 epochs
+in the paper).
 
   python -m ma2ml_jax.train --config=configs/cifar10.py --workdir=runs/cifar10
   python -m ma2ml_jax.train --config=configs/cifar10.py:local   # tiny CPU variant
@@ -30,7 +31,10 @@ def paper_cifar(source, arg=None):
     c.evaluate.epochs = 12
     c.evaluate.batch_size = 128
     c.model.cells = 17
-    c.model.reduction_cells = (5, 11)
+    # The paper's "the 5th and 11th are reduction cells" read as DARTS' 0-based indices
+    # (layers // 3, 2 * layers // 3): 5 normal cells before, between and after them, NASNet's
+    # 3N + 2 layout with N = 5 (spaces/cell.py, CIFAR_CELL_LAYOUT); the key is 1-based.
+    c.model.reduction_cells = (6, 12)
     c.model.cell_channels = 16
     c.retrain.top_k = 30
     c.retrain.epochs = 600
@@ -43,7 +47,7 @@ def paper_cifar(source, arg=None):
         c.search.iterations = 2
         c.evaluate.epochs = 1
         c.model.cells = 5
-        c.model.reduction_cells = (2, 4)
+        c.model.reduction_cells = (2, 4)  # 1 normal cell before, between and after them
         c.model.cell_channels = 8
         c.retrain.top_k = 2
         c.retrain.epochs = 2

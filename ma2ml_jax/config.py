@@ -136,7 +136,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Network settings that are not searched.
     c.model = ml_collections.ConfigDict()
     c.model.cells = 17  # cell space: number of cells
-    c.model.reduction_cells = (5, 11)  # cell space: 1-based positions of reduction cells
+    # cell space: 1-based positions of the reduction cells; (6, 12) is the paper's "5th and 11th"
+    # read as 0-based indices (spaces/cell.py, CIFAR_CELL_LAYOUT)
+    c.model.reduction_cells = (6, 12)
     c.model.cell_channels = 16  # cell space: channels of the first cell
 
     c.reward = ml_collections.ConfigDict()
@@ -229,10 +231,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"two agents use space kind {kind!r}; each module is one agent")
     if "macro" in kinds and "cell" in kinds:
         raise ConfigError("spaces has both a 'macro' and a 'cell' architecture; pick one")
+    if "cell" in kinds:
+        from ma2ml_jax.spaces import cell
+
+        try:
+            cell.check_reduction_cells(config.model.cells, config.model.reduction_cells)
+        except ValueError as e:
+            raise ConfigError(f"model.{e}") from e
 
 
 def _validate_retrain(r: ml_collections.ConfigDict) -> None:
-    for key in ("top_k", "epochs", "seeds"):
+    for key in ("top_k", "epochs", "seeds", "report_seeds"):
         if r[key] < 1:
             raise ConfigError(f"retrain.{key}={r[key]} must be >= 1")
     if r.max_train < 0:

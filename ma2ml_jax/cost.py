@@ -114,7 +114,7 @@ def _factorized_reduce(h: int, w: int, cin: int, cout: int) -> tuple[Cost, int, 
 
 
 def cell_cost(arch: Mapping[str, Any] | CellArch, num_classes: int, *, cells: int = 17,
-              reduction_cells: tuple[int, ...] = (5, 11), channels: int = 16,
+              reduction_cells: tuple[int, ...] = (6, 12), channels: int = 16,
               image_size: int = 32, in_channels: int = 3, stem_multiplier: int = 3) -> Cost:
     """Cost of `CellNet(arch, num_classes, cells, reduction_cells, channels)` on one image."""
     a = arch if isinstance(arch, CellArch) else CellArch.from_config(arch)

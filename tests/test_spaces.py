@@ -213,8 +213,62 @@ def test_cell_space_structure():
             assert sizes[f"{cell}/{b}/combine"] == 2
     assert len(set(S.CELL_OPS)) == 13
     assert all(op == op.lower() and " " not in op for op in S.CELL_OPS)
-    assert S.CIFAR_CELL_LAYOUT == (17, (5, 11))
-    assert S.CIFAR_CELL_LAYOUT.reduction_cells == (5, 11)
+    assert S.CIFAR_CELL_LAYOUT == (17, (6, 12))
+
+
+def _normal_cells_between_reductions(net, image_size=32):
+    """Normal cells before, between and after the reduction cells of a built cell network, read
+    off the spatial size of each cell's output (a reduction cell halves it)."""
+    from ma2ml_jax.models.cell_net import Cell
+
+    x = jnp.zeros((1, image_size, image_size, 3))
+    variables = jax.eval_shape(lambda: net.init(
+        jax.random.key(0), x, capture_intermediates=lambda m, name: isinstance(m, Cell)
+        and name == "__call__"))
+    cells = variables["intermediates"]
+    sizes = [cells[f"cell{k}"]["__call__"][0].shape[1] for k in range(1, len(cells) + 1)]
+    runs, size = [0], image_size
+    for s in sizes:
+        if s < size:
+            runs.append(0)
+        else:
+            runs[-1] += 1
+        size = s
+    return runs
+
+
+@pytest.mark.parametrize("arg, cells, runs", [(None, 17, [5, 5, 5]), ("local", 5, [1, 1, 1])])
+def test_cifar_networks_have_as_many_normal_cells_around_each_reduction(arg, cells, runs):
+    # The paper's 17 cells are NASNet's 3N + 2 with N = 5 (DARTS' reduction cells at
+    # layers // 3 and 2 * layers // 3, 0-based); the tiny variant keeps the symmetry.
+    from configs import cifar10, cifar100
+    from ma2ml_jax import models
+
+    config = cifar10.get_config(arg)
+    assert config.model == cifar100.get_config(arg).model
+    assert config.model.cells == cells
+    if arg is None:
+        assert tuple(config.model.reduction_cells) == S.CIFAR_CELL_LAYOUT.reduction_cells
+    assert tuple(config.model.reduction_cells) == (cells // 3 + 1, 2 * cells // 3 + 1)
+    space = S.cell_space()
+    net = models.make_network("cell", space.decode(np.asarray(space.sample(
+        jax.random.key(0), 1))[0]), 10, config.model)
+    assert _normal_cells_between_reductions(net) == runs
+
+
+@pytest.mark.parametrize("positions", [(0, 11), (6, 18), (6, 6)])
+def test_reduction_cells_outside_the_network_are_rejected_naming_the_convention(positions):
+    from configs import cifar10
+    from ma2ml_jax import config as config_lib
+    from ma2ml_jax.errors import ConfigError
+
+    c = cifar10.get_config()
+    c.model.reduction_cells = positions
+    with pytest.raises(ConfigError, match=r"model\.reduction_cells=.* must be distinct 1-based "
+                       r"cell positions in 1\.\.17 \(the first cell is 1"):
+        config_lib.validate(c)
+    c.model.reduction_cells = S.CIFAR_CELL_LAYOUT.reduction_cells
+    config_lib.validate(c)
 
 
 def test_cell_decode_hand_picked():

@@ -429,7 +429,7 @@ class MaskedCellNet(nn.Module):
 
     num_classes: int
     cells: int = 17
-    reduction_cells: tuple[int, ...] = (5, 11)
+    reduction_cells: tuple[int, ...] = (6, 12)
     channels: int = 16
     num_blocks: int = 5
     stem_multiplier: int = 3

@@ -187,7 +187,7 @@ class CellNet(nn.Module):
     arch: CellArch
     num_classes: int
     cells: int = 17
-    reduction_cells: tuple[int, ...] = (5, 11)
+    reduction_cells: tuple[int, ...] = (6, 12)
     channels: int = 16
     stem_multiplier: int = 3
     depthwise_impl: str = "conv"  # "taps" on CPU (see SepConv)

@@ -17,7 +17,8 @@ the cell reads (a network-builder concern, noted here so the two agree).
 
 Size: per cell prod_b (2 + b)^2 x 13^2 x 2, two cells: log10 = 36.7, the paper's 10^37.
 The network-level settings are not decisions: `CIFAR_CELL_LAYOUT` keeps the paper's 17 cells with
-reduction cells at positions 5 and 11 (1-based, matching ``config.model.reduction_cells``).
+reduction cells at the 1-based positions 6 and 12 of ``config.model.reduction_cells`` (the paper's
+"5th and 11th" read as 0-based indices; the reasons are given beside it).
 """
 
 from __future__ import annotations
@@ -52,15 +53,31 @@ class CellLayout(NamedTuple):
 
     Attributes:
       cells: total number of cells.
-      reduction_cells: 1-based positions of the reduction cells (stride 2, channels doubled).
+      reduction_cells: 1-based positions of the reduction cells (stride 2, channels doubled), as
+        ``config.model.reduction_cells`` and the network builders take them.
     """
 
     cells: int = 17
-    reduction_cells: tuple[int, ...] = (5, 11)
+    reduction_cells: tuple[int, ...] = (6, 12)
 
 
 # MA2ML Sec. 4.2: "the whole network with 17 cells, and the 5th and 11th are reduction cells".
+# Read as DARTS' 0-based cell indices (its network puts them at `layers // 3, 2 * layers // 3`,
+# exactly 5 and 11 for 17 layers), i.e. 1-based positions 6 and 12: NASNet's 3N + 2 layout with
+# N = 5 normal cells before, between and after the reductions. The 1-based reading of the same
+# words would give 4, 5 and 6 normal cells, a layout neither NASNet nor DARTS uses.
 CIFAR_CELL_LAYOUT = CellLayout()
+
+
+def check_reduction_cells(cells: int, reduction_cells) -> None:
+    """Raises ValueError unless `reduction_cells` are distinct 1-based positions in 1..`cells`."""
+    positions = tuple(reduction_cells)
+    if (any(not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= cells
+            for r in positions) or len(set(positions)) != len(positions)):
+        raise ValueError(
+            f"reduction_cells={positions} must be distinct 1-based cell positions in 1..{cells} "
+            f"(the first cell is 1; the paper's 17 cells have them at (6, 12), with 5 normal "
+            f"cells before, between and after them)")
 
 
 def cell_space(num_blocks: int = 5) -> Space:
