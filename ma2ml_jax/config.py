@@ -146,6 +146,11 @@ def base_config() -> ml_collections.ConfigDict:
     # iranfar: -1 if terminated else cA*Acc%/N_epoch - cS*SizeMB (Iranfar eq. 2, cA + cS = 1)
     c.reward.kind = "accuracy"
     c.reward.flops_target = 600e6  # mnas: the FLOPs constraint T
+    # > 0: the FLOPs metric (the mnas reward, the logs, the retraining budgets) counts the
+    # classifier with this many outputs instead of the data's, so that T and the budgets keep the
+    # meaning they have for the network as deployed (ImageNet-200's proxy: 1000, configs/
+    # imagenet200.py); parameters stay those of the network trained.
+    c.reward.flops_classes = 0
     c.reward.w = -0.07  # mnas: the exponent w
     c.reward.acc_weight = 1.0  # linear: cA
     c.reward.size_weight = 0.0  # linear: cS per MB of float32 parameters
@@ -212,6 +217,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.data.val_size < 1:
         raise ConfigError(f"data.val_size={config.data.val_size} must be >= 1")
     _validate_retrain(config.retrain)
+    if config.reward.flops_classes < 0:
+        raise ConfigError(f"reward.flops_classes={config.reward.flops_classes} must be >= 0 "
+                          "(0: the data's class count)")
     if config.reward.kind == "mnas" and not config.reward.flops_target > 0:
         raise ConfigError("reward.flops_target must be > 0 for reward.kind='mnas'")
     if config.reward.kind == "iranfar" and not math.isclose(

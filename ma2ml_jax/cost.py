@@ -171,10 +171,22 @@ def layerwise_cost(arch, num_classes: int, image_shape: tuple[int, int, int]) ->
 
 
 def count(kind: str, arch: Mapping[str, Any], num_classes: int, image_shape: tuple[int, int, int],
-          model_config=None) -> Cost:
+          model_config=None, flops_classes: int = 0) -> Cost:
     """Cost of the network of a decoded architecture of space `kind` ('macro' or 'cell'; or
     'layerwise' with a `LayerwiseArch`).
+
+    flops_classes > 0 counts the FLOPs with a classifier of that many outputs (`reward.
+    flops_classes`: a proxy task's network counted as the deployed one, e.g. ImageNet-200's at
+    1000 classes); the parameters stay those of the `num_classes` network.
     """
+    counted = _count(kind, arch, num_classes, image_shape, model_config)
+    if flops_classes and flops_classes != num_classes:
+        flops = _count(kind, arch, flops_classes, image_shape, model_config).flops
+        counted = counted._replace(flops=flops)
+    return counted
+
+
+def _count(kind, arch, num_classes, image_shape, model_config) -> Cost:
     if kind == "layerwise":
         return layerwise_cost(arch, num_classes, image_shape)
     if kind == "macro":

@@ -2,7 +2,8 @@
 
 `make_evaluator(config, dataset, space)` returns `evaluate(pipelines, key) -> list of metrics`, one
 dict per decoded pipeline with: accuracy (validation top-1), loss (final training loss), flops
-(multiply-adds of one forward pass, `cost.count`), params, wall_time (seconds) and
+(multiply-adds of one forward pass, `cost.count`, the classifier counted at
+`reward.flops_classes` outputs when set), params, wall_time (seconds) and
 failure (None, or the reason the pipeline was stopped: NaN loss, loss over the threshold, a network
 that cannot be built).
 
@@ -76,6 +77,8 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
     arch_space = space[roles["arch"]]
     masked = resolve_network(ev.network, arch_kind, jax.default_backend()) == "masked"
     n_epochs = int(np.ceil(total / spe))
+    # The config retrain.py rebuilds from a search's config.json may lack the key.
+    flops_classes = int(config.reward.get("flops_classes", 0))
     # scan: an epoch per call; host: `steps_per_call` steps per call (never more than an epoch).
     steps_per_call = spe if ev.step_loop == "scan" else min(ev.steps_per_call, spe)
     # Exact networks differ in shape: they cannot share a pipeline axis.
@@ -119,7 +122,7 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
         net, arrays = models.make_network_for(arch_kind, arch_space, arch, dataset.num_classes,
                                               config.model, masked=masked)
         counted = cost.count(arch_kind, arch, dataset.num_classes, dataset.image_shape,
-                             config.model)
+                             config.model, flops_classes=flops_classes)
         return net, arrays, hp, policy, counted
 
     def epoch_chunks(key, epoch):

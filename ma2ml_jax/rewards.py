@@ -1,7 +1,8 @@
 """Rewards from a pipeline's metrics (the paper's Section 4.1 and Iranfar et al.'s equation 2).
 
   accuracy: R = Acc
-  mnas:     R = Acc * (FLOPs / T)^w        (MnasNet; the paper uses T = 600M, w = -0.07)
+  mnas:     R = Acc * (FLOPs / T)^w        (MnasNet; the paper: T = 600M or 900M, w = -0.07;
+                                           classifier counted at `reward.flops_classes`)
   linear:   R = cA * Acc - cS * SizeMB     (Iranfar et al., SizeMB of float32 parameters)
   iranfar:  R = -1 if terminated, else cA * Acc% / N_epoch - cS * SizeMB   (Iranfar et al., eq. 2)
 A failed pipeline (NaN loss, over a threshold, unbuildable) gets `reward.failure` whatever its

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -9,6 +10,7 @@ from ma2ml_jax import cost
 from ma2ml_jax.models import MacroArch, MacroNet
 from ma2ml_jax.models.cell_net import CellArch, CellNet
 from ma2ml_jax.spaces import cell_space, macro_space
+from ma2ml_jax.spaces.macro import FBNETV3_A
 
 CELL_NET = dict(cells=4, reduction_cells=(2, 4), channels=8)
 
@@ -104,6 +106,26 @@ def test_macro_cost_by_hand():
     params = (9 * 4 + 2 * 4) + (4 * 8 + 2 * 8) + (9 * 8 + 2 * 8) + (8 * 4 + 2 * 4) + \
         (4 * 16 + 2 * 16) + (16 * 10 + 10)
     assert cost.macro_cost(arch, 10, in_channels=1) == cost.Cost(flops, params)
+
+
+def test_flops_counted_at_another_class_count_by_hand():
+    # ImageNet-200's proxy network counted as ImageNet's (reward.flops_classes = 1000): only the
+    # classifier grows, by head_width x (1000 - 200) multiply-adds; parameters stay at 200.
+    arch = FBNETV3_A
+    trained = cost.count("macro", arch, 200, (224, 224, 3))
+    counted = cost.count("macro", arch, 200, (224, 224, 3), flops_classes=1000)
+    assert counted.flops - trained.flops == 1984 * (1000 - 200)
+    assert counted.params == trained.params
+    assert counted.flops == cost.count("macro", arch, 1000, (224, 224, 3)).flops
+    assert cost.count("macro", arch, 200, (224, 224, 3), flops_classes=0) == trained
+    # A cell network's classifier reads the concatenated unused blocks of its last cell: two
+    # here (both blocks read only the cell inputs), 2 x 8 x 2 channels after a reduction at 2.
+    block = {"inputs": [0, 1], "ops": ["conv_3x3", "max_pool_3x3"], "combine": "add"}
+    cell_arch = {"normal": [block] * 2, "reduction": [block] * 2}
+    model = ml_collections.ConfigDict({"cells": 2, "reduction_cells": (2,), "cell_channels": 8})
+    trained = cost.count("cell", cell_arch, 10, (16, 16, 3), model)
+    counted = cost.count("cell", cell_arch, 10, (16, 16, 3), model, flops_classes=1000)
+    assert counted.flops - trained.flops == 32 * (1000 - 10)
 
 
 def test_cell_op_costs_by_hand():

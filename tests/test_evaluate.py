@@ -61,9 +61,11 @@ def test_auto_candidates():
 def test_a_pipeline_over_its_time_budget_fails_with_the_penalty(tmp_path):
     """Real training on digits, a budget no pipeline can meet: each is stopped after its second
     epoch (the first holds the compilation), logged with its reason and the failure reward, and
-    the search goes on to the end."""
+    the search goes on to the end. The same run (its compilation is the cost) checks that the
+    logged FLOPs count a classifier of `reward.flops_classes` outputs, the parameters the
+    10-class network trained."""
     from configs import default
-    from ma2ml_jax import search
+    from ma2ml_jax import cost, search
 
     c = default.get_config("local")
     c.search.algorithm = "random"
@@ -71,8 +73,13 @@ def test_a_pipeline_over_its_time_budget_fails_with_the_penalty(tmp_path):
     c.evaluate.epochs, c.data.max_train = 3, 128
     c.evaluate.time_budget = 1e-6
     c.reward.failure = -1.0
+    c.reward.flops_classes = 1000
     result = search.run(c, str(tmp_path), progress=False)
     assert len(result.trials) == 4
     for t in result.trials:
         assert t["failure"].startswith("time_budget:") and "after epoch 2 of" in t["failure"]
         assert t["reward"] == -1.0
+        arch = t["pipeline"]["nas"]
+        trained = cost.count("macro", arch, 10, (8, 8, 1), c.model)
+        assert t["params"] == trained.params
+        assert t["flops"] - trained.flops == arch["head"]["width"] * (1000 - 10)
