@@ -14,13 +14,17 @@ resolution, and the pipelines that share it train together by `evaluate.strategy
 iteration and keeps the fastest). "exact" compiles an exactly-shaped network per architecture
 (the reference), one pipeline at a time. The recipe and the augmentation policy are arrays: they
 never recompile.
+
+`make_evaluator_with_state(config, dataset, space)` returns the same evaluation as an `Evaluator`
+with explicit state (`init`, `evaluate`, `replay`), which the search saves with its checkpoints:
+the layerwise evaluator's number of epochs per episode (Iranfar et al.) changes during a search.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +41,63 @@ from ma2ml_jax.spaces import recipe as recipe_space
 Metrics = dict[str, Any]
 # The recipe used when no agent searches the training recipe.
 DEFAULT_RECIPE = {"optimizer": 0, "learning_rate": 0.05, "weight_decay": 5e-4}
+
+
+class Evaluator(NamedTuple):
+    """Pipeline evaluation whose state is explicit, so that a search saves and restores it.
+
+        state = evaluator.init(key)
+        state, metrics = evaluator.evaluate(state, pipelines, key)   # one iteration
+        state = evaluator.replay(state, metrics)   # the same iteration, its metrics known
+
+    `state` is a pytree of arrays or Python scalars (`()` when the evaluator keeps none). `replay`
+    rebuilds the state an iteration left from that iteration's metrics in pipeline order (as the
+    trial log keeps them) without evaluating anything: how a resumed search catches up with the
+    logged iterations after its checkpoint.
+    """
+
+    init: Callable[[jax.Array], Any]
+    evaluate: Callable[[Any, list[Mapping[str, Any]], jax.Array], tuple[Any, list[Metrics]]]
+    replay: Callable[[Any, list[Mapping[str, Any]]], Any]
+
+
+def stateless(evaluate: Callable[[list[Mapping[str, Any]], jax.Array], list[Metrics]]
+              ) -> Evaluator:
+    """An `Evaluator` of an `evaluate(pipelines, key) -> [metrics]` that keeps no state."""
+    return Evaluator(init=lambda key: (),
+                     evaluate=lambda state, pipelines, key: (state, evaluate(pipelines, key)),
+                     replay=lambda state, metrics: state)
+
+
+def carrying_state(evaluator: Evaluator, key: jax.Array
+                   ) -> Callable[[list[Mapping[str, Any]], jax.Array], list[Metrics]]:
+    """`evaluate(pipelines, key) -> [metrics]` that carries `evaluator`'s state from one call to
+    the next, starting from `evaluator.init(key)`: for callers that never save it (retraining,
+    benchmarks). `evaluate.state()` is the current state.
+    """
+    held = [evaluator.init(key)]
+
+    def evaluate(pipelines: list[Mapping[str, Any]], key: jax.Array) -> list[Metrics]:
+        held[0], metrics = evaluator.evaluate(held[0], pipelines, key)
+        return metrics
+
+    evaluate.state = lambda: held[0]
+    return evaluate
+
+
+def make_evaluator_with_state(config: ml_collections.ConfigDict, dataset: Dataset,
+                              space: PipelineSpace, log: Callable[[str], Any] = print
+                              ) -> Evaluator:
+    """The evaluation of `make_evaluator` as an `Evaluator`: the layerwise evaluator's state is
+    its number of epochs per episode (`evaluate_layerwise`); the others keep none.
+    """
+    from ma2ml_jax.spaces.layerwise import is_layerwise
+
+    if is_layerwise(space):
+        from ma2ml_jax.evaluate_layerwise import make_layerwise_evaluator_with_state
+
+        return make_layerwise_evaluator_with_state(config, dataset, space, log)
+    return stateless(make_evaluator(config, dataset, space, log))
 
 
 def agent_roles(space: PipelineSpace) -> dict[str, str | None]:

@@ -17,7 +17,13 @@ so there is no schedule to anneal); no augmentation agent.
 
 Metrics per pipeline: the usual accuracy, loss, flops, params, wall_time, failure (the termination
 message), plus n_epoch (N_epoch of eq. 2's A_val / N_epoch), epochs (trained), attempts (2 after a
-restart) and clamped (layers whose pooling window or stride was clamped).
+restart), clamped (layers whose pooling window or stride was clamped) and next_epochs (the number
+of epochs of the next episode).
+
+The number of epochs per episode is the evaluator's state (`termination.EpochBudget`, threaded
+through the pipelines of an iteration in order): `make_layerwise_evaluator_with_state` returns an
+`evaluate.Evaluator` whose state the search saves with its checkpoints and rebuilds on resume from
+the logged next_epochs, so that a resumed search trains the epochs the uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import numpy as np
 from ma2ml_jax import augment, cost, proxy, sharded, termination
 from ma2ml_jax.config import steps_per_epoch
 from ma2ml_jax.data import Dataset
+from ma2ml_jax.evaluate import DEFAULT_RECIPE, Evaluator, _padded_batches, carrying_state
 from ma2ml_jax.models import layerwise_net
 from ma2ml_jax.spaces import PipelineSpace
 from ma2ml_jax.spaces import layerwise as layerwise_space
@@ -46,7 +53,28 @@ def make_layerwise_evaluator(config: ml_collections.ConfigDict, dataset: Dataset
                              clock: termination.Clock = time.perf_counter,
                              compiled: collections.OrderedDict | None = None
                              ) -> Callable[[list[Mapping[str, Any]], jax.Array], list[dict]]:
-    """Returns `evaluate(pipelines, key) -> [metrics]` for decoded layerwise pipelines.
+    """Returns `evaluate(pipelines, key) -> [metrics]` for decoded layerwise pipelines, starting
+    from the first episodes' number of epochs and carrying it from call to call
+    (`evaluate.state()` is the `termination.EpochBudget` of the next episode). A search uses
+    `make_layerwise_evaluator_with_state`, whose state it saves.
+
+    Args: as `make_layerwise_evaluator_with_state`.
+    """
+    evaluator = make_layerwise_evaluator_with_state(config, dataset, space, log, clock, compiled)
+    # The state draws no random numbers: any key will do.
+    evaluate = carrying_state(evaluator, jax.random.key(0))
+    evaluate.strategy = lambda: "loop"
+    return evaluate
+
+
+def make_layerwise_evaluator_with_state(config: ml_collections.ConfigDict, dataset: Dataset,
+                                        space: PipelineSpace,
+                                        log: Callable[[str], Any] = print,
+                                        clock: termination.Clock = time.perf_counter,
+                                        compiled: collections.OrderedDict | None = None
+                                        ) -> Evaluator:
+    """Returns the `evaluate.Evaluator` of decoded layerwise pipelines; its state is the
+    `termination.EpochBudget` of the next episode.
 
     Args:
       config, dataset, space: as `evaluate.make_evaluator`.
@@ -54,13 +82,10 @@ def make_layerwise_evaluator(config: ml_collections.ConfigDict, dataset: Dataset
       clock: seconds, for the batch-time check (a fake one in tests).
       compiled: a cache of compiled programs to share between evaluators (default: its own).
     """
-    from ma2ml_jax.evaluate import DEFAULT_RECIPE, _padded_batches
-
     spec = layerwise_space.spec_of(space)
     ev = config.evaluate
     tcfg = termination.from_config(config.termination, max_epochs=int(ev.epochs),
                                    divergence=float(ev.loss_threshold))
-    budget = {"now": termination.EpochBudget.start(tcfg)}
     n_train = len(dataset.y_train)
     spe = steps_per_epoch(n_train, ev.batch_size)
     # Constant learning rate: cosine off, so the schedule length is irrelevant.
@@ -90,7 +115,9 @@ def make_layerwise_evaluator(config: ml_collections.ConfigDict, dataset: Dataset
             compiled.popitem(last=False)
         return compiled[key]
 
-    def one(pipeline: Mapping[str, Any], index: int, key: jax.Array) -> dict[str, Any]:
+    def one(pipeline: Mapping[str, Any], index: int, key: jax.Array,
+            budget: termination.EpochBudget) -> tuple[dict[str, Any], termination.EpochBudget]:
+        """One episode: (metrics, the budget of the next episode)."""
         arch = layerwise_net.LayerwiseArch.from_pipeline(spec, pipeline)
         counted = cost.layerwise_cost(arch, dataset.num_classes, dataset.image_shape)
         clamped = layerwise_net.clamped_layers(arch, dataset.image_shape)
@@ -121,8 +148,7 @@ def make_layerwise_evaluator(config: ml_collections.ConfigDict, dataset: Dataset
                     return state
             return state
 
-        episode = termination.run_episode(attempt, tcfg, budget["now"], clock)
-        budget["now"] = episode.budget
+        episode = termination.run_episode(attempt, tcfg, budget, clock)
         accuracy = 0.0
         if not episode.terminated:
             state = episode.result
@@ -133,23 +159,35 @@ def make_layerwise_evaluator(config: ml_collections.ConfigDict, dataset: Dataset
                 "params": counted.params, "failure": episode.failure,
                 "n_epoch": episode.n_epoch, "epochs": episode.epochs,
                 "attempts": episode.attempts, "clamped": clamped,
-                "next_epochs": episode.budget.epochs}
+                "next_epochs": episode.budget.epochs}, episode.budget
 
-    def evaluate(pipelines: list[Mapping[str, Any]], key: jax.Array) -> list[dict[str, Any]]:
+    def init(key: jax.Array) -> termination.EpochBudget:
+        del key  # the first episodes' number of epochs is the config's
+        return termination.EpochBudget.start(tcfg)
+
+    def evaluate(budget: termination.EpochBudget, pipelines: list[Mapping[str, Any]],
+                 key: jax.Array) -> tuple[termination.EpochBudget, list[dict[str, Any]]]:
         out = []
         for i, p in enumerate(pipelines):
             t0 = time.perf_counter()
             try:
-                m = one(p, i, key)
+                m, budget = one(p, i, key, budget)
             except Exception as e:  # a CNN that cannot be built is a failed pipeline
                 m = {"accuracy": 0.0, "loss": float("nan"), "flops": 0.0, "params": 0,
-                     "failure": f"build_error: {type(e).__name__}: {e}", "n_epoch": 0}
+                     "failure": f"build_error: {type(e).__name__}: {e}", "n_epoch": 0,
+                     "next_epochs": budget.epochs}
             out.append({**m, "wall_time": time.perf_counter() - t0})
-        return out
+        return budget, out
 
-    evaluate.strategy = lambda: "loop"
-    evaluate.epoch_budget = lambda: budget["now"]
+    def replay(budget: termination.EpochBudget, metrics: list[Mapping[str, Any]]
+               ) -> termination.EpochBudget:
+        # Every episode's metrics name the next one's epochs; the last of the iteration's counts.
+        for m in metrics:
+            if m.get("next_epochs") is not None:
+                budget = budget._replace(epochs=int(m["next_epochs"]))
+        return budget
+
     log(f"layerwise {spec.name}: {spec.num_layers} layer agents, up to {tcfg.max_epochs} epochs "
         f"per episode (never below {tcfg.min_epochs}), early termination: batch time "
         f"{tcfg.batch_time or 'off'}, loss threshold {tcfg.loss_threshold:g}")
-    return evaluate
+    return Evaluator(init, evaluate, replay)

@@ -7,12 +7,13 @@
 Every evaluated pipeline is appended to `workdir/trials.jsonl` (one JSON object a line: iteration,
 index, decoded pipeline, tokens, reward, accuracy, FLOPs, params, wall time, failure reason).
 Rerunning with the same workdir resumes. After every iteration the searcher state is saved with
-orbax (`checkpoint.py`, `workdir/checkpoints/`) in step with the log; a resume restores the newest
-checkpoint and replays any logged iteration after it through the searcher's ask/tell
-(per-iteration keys are `fold_in(seed, iteration)`, so the replay rebuilds the searcher state
-exactly, without evaluating anything again). A searcher whose state is not arrays (TPE), or a run
-with `search.checkpoint=False`, replays the whole log. A partial iteration of a killed run is
-dropped from the log and evaluated again.
+orbax (`checkpoint.py`, `workdir/checkpoints/`) in step with the log, with the evaluator's state
+(`evaluate.Evaluator`: the epochs per episode of Iranfar et al.'s search); a resume restores the
+newest checkpoint and replays any logged iteration after it through the searcher's ask/tell and
+the evaluator's `replay` (per-iteration keys are `fold_in(seed, iteration)`, so the replay
+rebuilds both states exactly, without evaluating anything again). A searcher whose state is not
+arrays (TPE), or a run with `search.checkpoint=False`, replays the whole log. A partial
+iteration of a killed run is dropped from the log and evaluated again.
 
 In a multi-process run (a TPU pod slice, `distributed.py`) process 0 runs the searcher and writes
 the workdir; every other process trains its share of the pipelines process 0 sends, and all
@@ -37,10 +38,14 @@ from tqdm.auto import tqdm
 from ma2ml_jax import agents, data, distributed, report, rewards, spaces, tensorboard
 from ma2ml_jax import checkpoint as checkpoint_lib
 from ma2ml_jax import config as config_lib
+from ma2ml_jax import evaluate as evaluate_lib
 from ma2ml_jax.errors import ConfigError, UserError
 
 TRIALS = "trials.jsonl"
 CONFIG = "config.json"
+# fold_in data of the evaluator's init key: a stream apart from the searcher's (0) and the
+# iterations' (1, 2, ...).
+EVALUATOR_STREAM = 0x4556414C
 # An objective maps decoded pipelines to rewards (floats) or to metrics dicts with a "reward" key.
 Objective = Callable[[list[dict[str, Any]]], Sequence[float] | Sequence[Mapping[str, Any]]]
 
@@ -130,19 +135,19 @@ def _lead(config, workdir, space, objective, progress, channel) -> SearchResult:
     searcher = agents.make_searcher(config, space)
     reward_fn = rewards.make_reward_fn(config.reward)
     if objective is None:
-        from ma2ml_jax import evaluate as evaluate_lib
-
         dataset = _load_data(config)
         tqdm.write(f"data: {dataset.summary()}")
-        evaluate = evaluate_lib.make_evaluator(config, dataset, space, log=tqdm.write)
+        evaluator = evaluate_lib.make_evaluator_with_state(config, dataset, space,
+                                                           log=tqdm.write)
         if distributed.multiprocess():
             tqdm.write(f"{jax.process_count()} processes train each iteration's pipelines over "
                        f"{jax.device_count()} devices; this one (process 0) writes {workdir}")
     else:
-        evaluate = _objective_evaluator(objective)
+        evaluator = evaluate_lib.stateless(_objective_evaluator(objective))
 
     root = jax.random.key(config.seed)
     state = searcher.init(jax.random.fold_in(root, 0))
+    evaluator_state = evaluator.init(jax.random.fold_in(root, EVALUATOR_STREAM))
     trials = _read_trials(os.path.join(workdir, TRIALS))
     done = _complete_iterations(trials, config.search.pipelines)
     avoid = (config.search.avoid_repeats
@@ -151,29 +156,36 @@ def _lead(config, workdir, space, objective, progress, channel) -> SearchResult:
     propose, learn = guard.propose, guard.learn
 
     checkpoints = None
-    if config.search.checkpoint and checkpoint_lib.checkpointable(state):
+    if (config.search.checkpoint and checkpoint_lib.checkpointable(state)
+            and checkpoint_lib.checkpointable(evaluator_state)):
         try:
             checkpoints = checkpoint_lib.SearchCheckpoints(workdir)
         except OSError as e:
             raise UserError(f"cannot write checkpoints under {workdir!r}: {e}") from e
-    first = 0
+    first = evaluator_first = 0
     if checkpoints is not None and done:
         step = checkpoints.latest_step(at_most=done)
         if step:
-            state, counters = checkpoints.restore(step, state, guard.counters)
+            state, counters, restored = checkpoints.restore(step, state, guard.counters,
+                                                            evaluator_state)
             before = sorted((t for t in trials if t["iteration"] < step),
                             key=lambda t: (t["iteration"], t["index"]))
             guard.restore(counters, {a: np.asarray([t["tokens"][a] for t in before], np.int32)
                                      for a in space.agents}, [t["reward"] for t in before])
             first = step
+            if restored is not None:  # None: a checkpoint without it, rebuilt from the log
+                evaluator_state, evaluator_first = restored, step
             tqdm.write(f"resuming {workdir}: searcher state restored from the checkpoint of "
                        f"iteration {step}")
     for it in range(first, done):  # resume: replay the logged iterations through ask/tell
         k_ask, _ = _iteration_keys(root, it)
         actions, replaced, state = propose(state, k_ask)
-        logged = sorted((t for t in trials if t["iteration"] == it), key=lambda t: t["index"])
+        logged = _logged(trials, it)
         _check_replay(actions, logged, it)
         state = learn(state, actions, replaced, [t["reward"] for t in logged])
+    for it in range(evaluator_first, done):
+        evaluator_state = evaluator.replay(evaluator_state,
+                                           [_logged_metrics(t) for t in _logged(trials, it)])
     trials = [t for t in trials if t["iteration"] < done]
     if done > first:
         tqdm.write(f"resuming {workdir}: {done - first} logged iterations replayed through the "
@@ -192,7 +204,7 @@ def _lead(config, workdir, space, objective, progress, channel) -> SearchResult:
         pipelines = [space.decode(tokens, p) for p in range(config.search.pipelines)]
         channel.send(it, tokens)
         channel.evaluating = True  # the other processes are in the same (collective) training
-        metrics = evaluate(pipelines, k_eval)
+        evaluator_state, metrics = evaluator.evaluate(evaluator_state, pipelines, k_eval)
         channel.evaluating = False
         reward = [float(m["reward"]) if "reward" in m else reward_fn(m) for m in metrics]
         state = learn(state, tokens, replaced, reward)
@@ -203,7 +215,7 @@ def _lead(config, workdir, space, objective, progress, channel) -> SearchResult:
         try:
             scalars.scalars(report.iteration_scalars(new, trials), step=it)
             if checkpoints is not None:
-                checkpoints.save(it + 1, state, guard.counters)
+                checkpoints.save(it + 1, state, guard.counters, evaluator_state)
         except Exception as e:  # noqa: BLE001 - the trial log is the record; these are extras
             tqdm.write(f"warning: could not write a checkpoint or TensorBoard scalars ({e}); "
                        "the search goes on (a resume replays the trial log instead)")
@@ -229,18 +241,23 @@ def _follow(config, workdir, space, objective, channel) -> SearchResult:
     """The search on every process but 0 of a multi-process run: loads the same data, trains the
     pipelines process 0 sends (its share of the sharded programs) and writes nothing.
     """
-    evaluate = None
-    if objective is None:  # an objective is evaluated by process 0 alone
-        from ma2ml_jax import evaluate as evaluate_lib
-
-        dataset = _load_data(config)
-        evaluate = evaluate_lib.make_evaluator(config, dataset, space, log=lambda _: None)
+    evaluator = None
     root = jax.random.key(config.seed)
+    if objective is None:  # an objective is evaluated by process 0 alone
+        dataset = _load_data(config)
+        evaluator = evaluate_lib.make_evaluator_with_state(config, dataset, space,
+                                                           log=lambda _: None)
+        # This process's own evaluator state, which after a resume is not process 0's (restored
+        # from a workdir this process may not see). Harmless while only the layerwise evaluator
+        # keeps state: it trains on every process alone (no collective to fall out of step
+        # with), and only process 0's metrics count.
+        evaluator_state = evaluator.init(jax.random.fold_in(root, EVALUATOR_STREAM))
     while (message := channel.receive()) is not None:
         it, tokens = message
-        if evaluate is not None:
-            evaluate([space.decode(tokens, p) for p in range(config.search.pipelines)],
-                     _iteration_keys(root, it)[1])
+        if evaluator is not None:
+            evaluator_state, _ = evaluator.evaluate(
+                evaluator_state, [space.decode(tokens, p) for p in range(config.search.pipelines)],
+                _iteration_keys(root, it)[1])
     got = channel.result()
     return _result(got["trials"], workdir, space, got["repeat_fraction"],
                    got["evaluated_repeat_fraction"])
@@ -297,6 +314,11 @@ def _trial(it, index, pipeline, tokens, reward, m) -> dict[str, Any]:
     if extra:
         trial["extra"] = extra
     return trial
+
+
+def _logged_metrics(trial: Mapping[str, Any]) -> dict[str, Any]:
+    """An evaluator's metrics as `_trial` logged them (its own numbers back from "extra")."""
+    return {**{k: trial[k] for k in _METRICS if k in trial}, **trial.get("extra", {})}
 
 
 def _plain(v):
@@ -409,6 +431,11 @@ def _complete_iterations(trials: list[dict[str, Any]], per_iteration: int) -> in
     while sum(1 for t in trials if t["iteration"] == it) == per_iteration:
         it += 1
     return it
+
+
+def _logged(trials: list[dict[str, Any]], it: int) -> list[dict[str, Any]]:
+    """The logged trials of iteration `it` in pipeline order."""
+    return sorted((t for t in trials if t["iteration"] == it), key=lambda t: t["index"])
 
 
 def _check_replay(actions, logged, it) -> None:

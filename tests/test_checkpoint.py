@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ma2ml_jax import checkpoint
+from ma2ml_jax import checkpoint, termination
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,7 +80,22 @@ def test_savable_round_trip_keeps_keys_and_dtypes(tmp_path):
     ckpt.save(1, state, {"asked": 5})
     ckpt.save(2, state, {"asked": 9})
     assert ckpt.latest_step(at_most=1) == 1 and ckpt.latest_step(at_most=10) == 2
-    restored, counters = ckpt.restore(2, state, {"asked": 0})
-    assert counters == {"asked": 9}
+    restored, counters, evaluator = ckpt.restore(2, state, {"asked": 0})
+    assert counters == {"asked": 9} and evaluator == ()  # an evaluator without state
     np.testing.assert_array_equal(restored["w"], state["w"])
     assert not checkpoint.checkpointable({"study": object()})
+
+
+def test_the_evaluator_state_is_saved_beside_the_searchers(tmp_path):
+    """The layerwise evaluator's state (its epochs per episode) comes back from a new manager
+    (a resumed process); a checkpoint that holds none restores None, and the search rebuilds
+    the state from the trial log then."""
+    state, start = {"w": np.arange(3.0)}, termination.EpochBudget(10, 3)
+    ckpt = checkpoint.SearchCheckpoints(str(tmp_path))
+    ckpt.save(1, state, {}, termination.EpochBudget(4, 3))
+    ckpt.save(2, state, {})
+    ckpt.close()
+    ckpt = checkpoint.SearchCheckpoints(str(tmp_path))
+    _, _, evaluator = ckpt.restore(1, state, {}, start)
+    assert evaluator == termination.EpochBudget(4, 3) and type(evaluator.epochs) is int
+    assert ckpt.restore(2, state, {}, start)[2] is None

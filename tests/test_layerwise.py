@@ -71,7 +71,7 @@ def test_make_space_registers_the_kind():
         S.make_space("layerwise", variant="vgg16", layer=19)
     with pytest.raises(ValueError, match="unknown layerwise variant 'vgg19'"):
         S.make_space("layerwise", variant="vgg19", layer=0)
-    with pytest.raises(ValueError, match="or 'layerwise' \\(one agent per layer"):
+    with pytest.raises(ValueError, match="'layerwise' \\(one agent per layer"):
         S.make_space("resnet")
 
 

@@ -1,7 +1,10 @@
 """Iranfar's early termination driven by a fake clock, the epochs per episode, reward eq. 2."""
 
 import collections
+import json
 import math
+import os
+import shutil
 
 import jax
 import numpy as np
@@ -11,7 +14,10 @@ from ma2ml_jax import config as config_lib
 from ma2ml_jax import data, rewards, search
 from ma2ml_jax import termination as T
 from ma2ml_jax.errors import ConfigError
-from ma2ml_jax.evaluate_layerwise import make_layerwise_evaluator
+from ma2ml_jax.evaluate_layerwise import (
+    make_layerwise_evaluator,
+    make_layerwise_evaluator_with_state,
+)
 from ma2ml_jax.spaces import layerwise
 
 
@@ -201,7 +207,7 @@ def test_layerwise_evaluator_trains_and_terminates(digits):
     [m] = evaluate([pipeline], jax.random.key(1))
     assert m["failure"] is None and m["epochs"] == 3 and m["n_epoch"] == 3 and m["attempts"] == 1
     assert 0.0 <= m["accuracy"] <= 1.0 and m["params"] > 0 and m["flops"] > 0
-    assert np.isfinite(m["loss"]) and evaluate.epoch_budget().epochs == 3
+    assert np.isfinite(m["loss"]) and evaluate.state().epochs == 3
     reward = rewards.make_reward_fn(c.reward)(m)
     assert reward == pytest.approx(50.0 * m["accuracy"] / 3 - 0.5 * m["params"] * 4 / 2**20)
     # A clock on which every batch takes 10 s: the second and third timed batches terminate.
@@ -224,3 +230,57 @@ def test_layerwise_evaluator_trains_and_terminates(digits):
     assert logged["extra"] == {"n_epoch": m["n_epoch"], "epochs": 2, "attempts": 2,
                                "next_epochs": m["next_epochs"], "clamped": list(m["clamped"])}
     assert math.isfinite(m["wall_time"]) and len(cache) == 1
+
+
+# ------------------------------------------------------------------- the epochs as evaluator state
+def test_the_epoch_budget_is_the_evaluators_state_and_replays_from_metrics(digits):
+    c = _config("branch_tiny")
+    c.evaluate.epochs = 5
+    evaluator = make_layerwise_evaluator_with_state(c, digits, search.make_pipeline_space(
+        c.spaces), log=lambda s: None)
+    start = evaluator.init(jax.random.key(0))
+    assert start == T.EpochBudget(5, 3)
+    # An iteration's episodes in order: the last one's next_epochs is the next iteration's
+    # number; metrics without next_epochs change nothing.
+    metrics = [{"next_epochs": 4}, {"failure": "build_error: ..."}, {"next_epochs": 3},
+               {"failure": "build_error: ...", "next_epochs": 3}]
+    assert evaluator.replay(start, metrics) == T.EpochBudget(3, 3)
+    assert evaluator.replay(start, metrics[:2]) == T.EpochBudget(4, 3)
+    assert evaluator.replay(start, []) == start
+
+
+def _search_config(iterations, checkpoint=True):
+    c = _config("branch_tiny")  # the smallest layerwise networks: 8x8 digits, quick compiles
+    c.search.iterations = iterations
+    c.search.pipelines = 1
+    c.search.checkpoint = checkpoint
+    c.evaluate.epochs = 4
+    c.termination.loss_threshold = 5.0  # met in the first epoch: 4 epochs, then never below 3
+    return c
+
+
+def test_a_resumed_search_keeps_its_epochs_per_episode(tmp_path, capsys):
+    """Kill and resume a Q-learning search that trains real networks: the resumed log equals the
+    uninterrupted one, whose second episode trained 3 epochs (the first met l_th in its first
+    epoch), not 4 again. Both ways a resume rebuilds the number are covered: restored from the
+    checkpoint, and replayed from the trial log (a run without checkpoints)."""
+    def log(workdir):
+        with open(os.path.join(workdir, search.TRIALS)) as f:
+            return [{k: v for k, v in json.loads(line).items() if k != "wall_time"}
+                    for line in f]
+
+    full, killed, replayed = tmp_path / "full", tmp_path / "killed", tmp_path / "replayed"
+    search.run(_search_config(2), str(full), progress=False)
+    assert [t["extra"]["epochs"] for t in log(full)] == [4, 3]
+    assert [t["extra"]["next_epochs"] for t in log(full)] == [3, 3]
+
+    search.run(_search_config(1), str(killed), progress=False)
+    with open(killed / search.TRIALS, "a") as f:
+        f.write('{"iteration": 1, "ind')  # killed while logging iteration 1
+    shutil.copytree(killed, replayed)
+    capsys.readouterr()
+    search.run(_search_config(2), str(killed), progress=False)
+    assert "restored from the checkpoint of iteration 1" in capsys.readouterr().out
+    search.run(_search_config(2, checkpoint=False), str(replayed), progress=False)
+    assert log(killed) == log(full)
+    assert log(replayed) == log(full)
