@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _compiles import compilations
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from sklearn.datasets import load_sample_images
 
@@ -442,38 +443,15 @@ def test_sample_pairing_blends_with_another_image_of_the_batch():
         assert same.any() and not same[i]
 
 
-class CompileEvents:
-    """Records JAX's compile-time events (tracing, lowering, backend compile) while active."""
-
-    def __init__(self):
-        self.events = []
-
-    def _listener(self, event, duration, **kwargs):
-        if event.startswith("/jax/core/compile/"):
-            self.events.append(event)
-
-    def __enter__(self):
-        jax.monitoring.register_event_duration_secs_listener(self._listener)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self._listener)
-
-
 def test_a_new_policy_does_not_recompile():
     jitted = jitted_apply_policy()
     images = jnp.asarray(batch_of_crops(*BATCH[:3], seed=7))
     policies = [random_policy(jax.random.key(i)) for i in range(2)]
     key = jax.random.key(0)
     first = np.asarray(jitted(images, policies[0], key))  # compiles unless an earlier test did
-    size = jitted._cache_size()
-    with CompileEvents() as probe:  # the probe works: a new function does compile
-        jax.block_until_ready(jax.jit(lambda v: v * 3)(images))
-    assert any(e.endswith("backend_compile_duration") for e in probe.events)
-    with CompileEvents() as second_call:
+    with compilations() as programs:
         second = np.asarray(jitted(images, policies[1], key))
-    assert second_call.events == []
-    assert jitted._cache_size() == size
+    assert programs == []
     assert not np.array_equal(first, second)
 
 

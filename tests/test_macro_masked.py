@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _compiles import compilations
 
 from ma2ml_jax.models import MacroArch, MacroNet
 from ma2ml_jax.models.macro_masked import MacroBounds, MaskedMacroNet, embed_params, macro_arrays
@@ -96,9 +97,15 @@ def test_one_program_for_every_architecture():
     archs = [space.decode(space.sample(jax.random.key(s), 1)[0]) for s in range(3)]
     a0 = jax.tree.map(jnp.asarray, macro_arrays(archs[0]))
     v = masked.init(jax.random.key(0), x, False, 0.0, 0.0, a0)
-    f = jax.jit(lambda v, x, a: masked.apply(v, x, False, 0.0, 0.0, a))
-    outs = [f(v, x, jax.tree.map(jnp.asarray, macro_arrays(a))) for a in archs]
-    assert f._cache_size() == 1
+
+    def apply(v, x, a):
+        return masked.apply(v, x, False, 0.0, 0.0, a)
+
+    f = jax.jit(apply)
+    arrays = [jax.tree.map(jnp.asarray, macro_arrays(a)) for a in archs]
+    with compilations() as programs:
+        outs = [f(v, x, a) for a in arrays]
+    assert programs.count("jit(apply)") == 1
     assert not np.allclose(outs[0], outs[1])
 
 
