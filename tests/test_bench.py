@@ -124,3 +124,31 @@ def test_cooperative_objective_optimum_and_chain_pairs():
     z = sum(float(np.sum(u)) for u in obj.unary.values()) + float(obj.pair_weights.sum())
     loss = 1.0 - float(obj.true_reward(wrong)[0])
     assert loss > float(obj.unary[agent][da]) / z + 1e-6
+
+
+def test_the_naive_port_uses_the_masked_networks_depthwise_kernel():
+    """The throughput ratios compare evaluation strategies, not kernels: the naive port's
+    exactly-shaped network has the depthwise kernel of the masked network of its space kind;
+    only the naive_grouped variant uses XLA's grouped convolution."""
+    import jax
+
+    from ma2ml_jax import config as config_lib
+    from ma2ml_jax import models, search
+    from ma2ml_jax.bench import throughput
+
+    c = config_lib.base_config()
+    c.spaces.nas = {"kind": "cell", "num_blocks": 2}
+    c.model.cells, c.model.reduction_cells = 2, (2,)
+    for kind, spaces_config in (("macro", config_lib.base_config().spaces), ("cell", c.spaces)):
+        space = search.make_pipeline_space(spaces_config)
+        arch = space.decode(space.sample(jax.random.key(0), 1), 0)["nas"]
+        masked, _ = models.make_network_for(kind, space["nas"], arch, 10, c.model, masked=True)
+        port = throughput.port_network(kind, space["nas"], arch, 10, c.model, False)
+        assert port.depthwise_impl == masked.depthwise_impl, kind
+        grouped = throughput.port_network(kind, space["nas"], arch, 10, c.model, True)
+        assert grouped.depthwise_impl == "conv"
+    # On CPU the macro networks use the shifted multiply-adds (bench.depthwise).
+    macro = search.make_pipeline_space(config_lib.base_config().spaces)
+    arch = macro.decode(macro.sample(jax.random.key(0), 1), 0)["nas"]
+    port = throughput.port_network("macro", macro["nas"], arch, 10, c.model, False)
+    assert port.depthwise_impl == ("taps" if jax.default_backend() == "cpu" else "conv")

@@ -111,9 +111,18 @@ def test_one_program_for_every_architecture():
 
 @pytest.mark.parametrize("stride, size, k", [(1, 8, 3), (2, 8, 5), (2, 7, 3), (1, 5, 5)])
 def test_depthwise_taps_equals_grouped_conv(stride, size, k):
-    from ma2ml_jax.models.macro_masked import depthwise_taps
+    from ma2ml_jax.models.layers import depthwise_taps
     x = jax.random.normal(jax.random.key(0), (2, size, size, 6))
     w = jax.random.normal(jax.random.key(1), (k, k, 1, 6))
     want = jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME", feature_group_count=6,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_allclose(depthwise_taps(x, w, stride), want, atol=1e-5)
+
+
+def test_exact_network_gives_the_same_logits_with_either_depthwise_kernel():
+    space = macro_space("tiny")
+    arch = MacroArch.from_config(space.decode(space.sample(jax.random.key(3), 1)[0]))
+    x = jax.random.normal(jax.random.key(4), (2, arch.resolution, arch.resolution, 3))
+    conv, taps = MacroNet(arch, 10, "conv"), MacroNet(arch, 10, "taps")
+    v = conv.init(jax.random.key(5), x, False)  # one parameter tree serves both
+    np.testing.assert_allclose(taps.apply(v, x, False), conv.apply(v, x, False), atol=1e-4)

@@ -16,7 +16,7 @@ import time
 
 import jax
 
-from ma2ml_jax.models.macro_masked import depthwise_taps
+from ma2ml_jax.models.layers import depthwise_taps
 
 CASES = ((8, 32, 1), (8, 64, 2), (32, 96, 1))  # (size, channels, stride)
 

@@ -11,9 +11,13 @@ Every variant evaluates the same pipelines (the same seeds), for `--iterations` 
 
 Variants (each in its own process, so compile caches and peak memory are its own):
   naive      what a straightforward port would write: one pipeline at a time, an exactly-shaped
-             network compiled per architecture, AutoAugment on the host with PIL.
-  exact      the same, but augmentation inside the jitted step on the device, and depthwise
-             convolutions as shifted multiply-adds on CPU (`models/macro_masked.depthwise_taps`).
+             network compiled per architecture, AutoAugment on the host with PIL. Its depthwise
+             convolutions are the project's own choice for the backend (shifted multiply-adds on
+             CPU, `models/macro_masked.depthwise_taps`; XLA's convolution elsewhere), the same
+             kernels as the masked network, so the ratios measure evaluation, not the kernel.
+  naive_grouped  the naive port with XLA's grouped convolution for depthwise layers everywhere
+             (what a port gets by default; on CPU a slow path: bench/depthwise.py).
+  exact      the naive port with augmentation inside the jitted step on the device.
   STRATEGY[+scan]  the masked network (one program for every architecture) with the pipelines
              trained by a `sharded.py` strategy (loop, unrolled, vmap, map), steps by a host loop
              (default) or `+scan` (an epoch in one lax.scan).
@@ -42,7 +46,9 @@ from typing import Any
 import numpy as np
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_VARIANTS = ("naive", "exact", "auto", "loop", "loop+scan", "map", "unrolled", "vmap")
+DEFAULT_VARIANTS = ("naive", "naive_grouped", "exact", "auto", "loop", "loop+scan", "map",
+                    "unrolled", "vmap")
+NAIVE = ("naive", "naive_grouped", "exact")  # exactly-shaped networks, compiled per architecture
 
 
 # ------------------------------------------------------------------------------- the workload
@@ -89,15 +95,32 @@ def workload_data(args, config):
 
 
 # ------------------------------------------------------------------------- the naive baseline
-def make_naive_evaluator(config, dataset, space, host_augment: bool = True):
-    """One pipeline at a time; an exactly-shaped network jitted per architecture; PIL on the host.
+def port_network(kind: str, space, arch, num_classes: int, model_config,
+                 grouped_depthwise: bool):
+    """The naive port's exactly-shaped network, with the depthwise kernel the masked network of
+    `kind` uses on this backend, or XLA's grouped convolution with `grouped_depthwise`.
+    """
+    from ma2ml_jax import models
+
+    net = models.make_network(kind, arch, num_classes, model_config)
+    if hasattr(net, "depthwise_impl"):
+        masked, _ = models.make_network_for(kind, space, arch, num_classes, model_config,
+                                            masked=True)
+        net = net.clone(depthwise_impl="conv" if grouped_depthwise else masked.depthwise_impl)
+    return net
+
+
+def make_naive_evaluator(config, dataset, space, host_augment: bool = True,
+                         grouped_depthwise: bool = False):
+    """One pipeline at a time; an exactly-shaped network jitted per architecture; PIL on the host
+    (`host_augment`); `grouped_depthwise`: XLA's grouped convolution for depthwise layers.
 
     Same data order, step keys, recipes and metrics as `evaluate.make_evaluator`.
     """
     import jax
     import jax.numpy as jnp
 
-    from ma2ml_jax import cost, models, proxy
+    from ma2ml_jax import cost, proxy
     from ma2ml_jax.bench import pil_augment
     from ma2ml_jax.config import steps_per_epoch
     from ma2ml_jax.evaluate import agent_roles
@@ -115,9 +138,8 @@ def make_naive_evaluator(config, dataset, space, host_augment: bool = True):
         out = []
         for i, p in enumerate(pipelines):
             t0 = time.perf_counter()
-            net = models.make_network(kind, p[roles["arch"]], dataset.num_classes, config.model)
-            if host_augment and hasattr(net, "depthwise_impl"):
-                net = net.clone(depthwise_impl="conv")  # a port uses XLA's grouped convolution
+            net = port_network(kind, space[roles["arch"]], p[roles["arch"]],
+                               dataset.num_classes, config.model, grouped_depthwise)
             trainer = proxy.make_trainer(net, image_shape=dataset.image_shape,
                                          num_classes=dataset.num_classes, mean=dataset.mean,
                                          std=dataset.std, total_steps=total,
@@ -221,8 +243,9 @@ def run_variant(variant: str, args) -> dict[str, Any]:
     config = workload_config(args)
     dataset = workload_data(args, config)
     space = search.make_pipeline_space(config.spaces)
-    if variant in ("naive", "exact"):
-        evaluate = make_naive_evaluator(config, dataset, space, host_augment=variant == "naive")
+    if variant in NAIVE:
+        evaluate = make_naive_evaluator(config, dataset, space, host_augment=variant != "exact",
+                                        grouped_depthwise=variant == "naive_grouped")
     else:
         strategy, _, loop = variant.partition("+")
         # "auto" is the project's default: network and strategy chosen by evaluate.py.
@@ -237,7 +260,7 @@ def run_variant(variant: str, args) -> dict[str, Any]:
     steps = max(1, int(round(config.evaluate.epochs * steps_per_epoch(len(dataset.y_train),
                                                                        batch))))
     iterations = []
-    exact = variant in ("naive", "exact")
+    exact = variant in NAIVE
     for it in range(args.exact_iterations if exact else args.iterations):
         actions = space.sample(jax.random.fold_in(jax.random.key(args.seed), it), args.pipelines)
         pipelines = [space.decode(actions, p) for p in range(args.pipelines)]

@@ -7,6 +7,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from ma2ml_jax.models.layers import default_depthwise_impl
 from ma2ml_jax.models.layerwise_net import LayerwiseArch, LayerwiseNet
 from ma2ml_jax.models.macro_net import MacroArch, MacroNet
 
@@ -21,17 +22,15 @@ def make_network(kind: str, arch: Mapping[str, Any], num_classes: int, model_con
     if kind == "layerwise":
         return LayerwiseNet(arch, num_classes)
     if kind == "macro":
-        return MacroNet(MacroArch.from_config(arch), num_classes)
+        return MacroNet(MacroArch.from_config(arch), num_classes, default_depthwise_impl())
     if kind == "cell":
-        import jax
-
         from ma2ml_jax.models import cell_net
 
         return cell_net.CellNet(cell_net.CellArch.from_config(arch), num_classes,
                                 cells=model_config.cells,
                                 reduction_cells=tuple(model_config.reduction_cells),
                                 channels=model_config.cell_channels,
-                                depthwise_impl="taps" if jax.default_backend() == "cpu" else "conv")
+                                depthwise_impl=default_depthwise_impl())
     raise ValueError(f"no network for space kind {kind!r}; valid: 'macro', 'cell'")
 
 
@@ -44,14 +43,12 @@ def make_network_for(kind: str, space, arch: Mapping[str, Any], num_classes: int
     the exactly-shaped network and None.
     """
     if masked and kind == "macro":
-        import jax
         import jax.numpy as jnp
 
         from ma2ml_jax.models import macro_masked
 
-        impl = "taps" if jax.default_backend() == "cpu" else "conv"
         net = macro_masked.MaskedMacroNet(macro_masked.MacroBounds.from_space(space), num_classes,
-                                          int(arch["resolution"]), impl)
+                                          int(arch["resolution"]), default_depthwise_impl())
         arrays = macro_masked.macro_arrays(arch)
         return net, type(arrays)(*(jnp.asarray(a) for a in arrays))
     if masked and kind == "cell":

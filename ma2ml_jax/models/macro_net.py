@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ma2ml_jax.models.layers import Depthwise
+
 
 class Stage(NamedTuple):
     kernel: int
@@ -94,6 +96,7 @@ class MBConv(nn.Module):
     width: int
     stride: int
     se: bool
+    depthwise_impl: str = "conv"  # see models.layers
 
     @nn.compact
     def __call__(self, x, train: bool, drop_path_rate=0.0):
@@ -103,8 +106,7 @@ class MBConv(nn.Module):
         if self.expansion != 1:
             h = _act(norm("bn_expand")(nn.Conv(cin * self.expansion, (1, 1), use_bias=False,
                                                name="expand")(h)))
-        h = nn.Conv(h.shape[-1], (self.kernel, self.kernel), strides=self.stride,
-                    feature_group_count=h.shape[-1], use_bias=False, name="depthwise")(h)
+        h = Depthwise(self.kernel, self.stride, self.depthwise_impl, name="depthwise")(h)
         h = _act(norm("bn_depthwise")(h))
         if self.se:
             h = SqueezeExcite(name="se")(h)
@@ -125,6 +127,7 @@ class MacroNet(nn.Module):
 
     arch: MacroArch
     num_classes: int
+    depthwise_impl: str = "conv"  # "taps" on CPU (models.layers)
 
     @nn.compact
     def __call__(self, x, train: bool = False, dropout=0.0, drop_path_rate=0.0):
@@ -140,7 +143,7 @@ class MacroNet(nn.Module):
                 # Stochastic depth grows linearly with depth (Huang et al. 2016).
                 rate = drop_path_rate * block / n_blocks
                 x = MBConv(s.kernel, s.expansion, s.width, s.stride if d == 0 else 1, s.se,
-                           name=f"stage{si}_block{d}")(x, train, rate)
+                           self.depthwise_impl, name=f"stage{si}_block{d}")(x, train, rate)
                 block += 1
         x = nn.Conv(a.head_width, (1, 1), use_bias=False, name="head")(x)
         x = _act(nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn_head")(x))
