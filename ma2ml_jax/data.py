@@ -17,6 +17,7 @@ split is touched only by the final retraining.
 from __future__ import annotations
 
 import os
+import shlex
 from typing import NamedTuple
 
 import numpy as np
@@ -173,7 +174,11 @@ def _npz(path: str):
 def _tfds(spec: str, data_dir: str | None):
     if not spec:
         raise DataError("tfds source needs a dataset name: tfds:NAME[/CONFIG], e.g. tfds:cifar10")
-    import tensorflow_datasets as tfds
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:  # a dependency missing from this environment
+        raise DataError(f"tfds sources need tensorflow_datasets, which does not import here "
+                        f"({type(e).__name__}: {e}); `pip install -r requirements.txt`") from e
 
     try:
         builder = tfds.builder(spec, data_dir=data_dir)
@@ -200,17 +205,29 @@ def _image_label(example, spec):
 
 def _read_tfds_split(tfds, spec, split, data_dir):
     try:
-        source = tfds.data_source(spec, split=split, data_dir=data_dir)
+        # download=False: preparing is a step of its own (TFDS's CIFAR and ImageNet builders
+        # need TensorFlow), which the error below spells out instead of a download begun here.
+        source = tfds.data_source(spec, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # not prepared as ArrayRecord: fall back to tfds.load (TensorFlow)
+        from ma2ml_jax.prepare import how_to_prepare
+
+        builder = tfds.builder(spec, data_dir=data_dir)
+        root = str(builder.data_dir_root)
+        manual = bool(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
+        if not builder.is_prepared():
+            raise DataError(f"tfds:{spec} is not prepared in {root}; "
+                            f"{how_to_prepare(spec, root, manual)}; then run with "
+                            f"--config.data.data_dir={shlex.quote(root)}") from e
         try:
             import tensorflow  # noqa: F401
         except ImportError:
             raise DataError(
                 f"tfds:{spec} split {split!r} cannot be read with tfds.data_source "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); prepare it as "
-                "ArrayRecord (`tfds build NAME --file_format=array_record`) or install tensorflow "
-                "for tfds.load") from e
-        arrays = tfds.as_numpy(tfds.load(spec, split=split, data_dir=data_dir, batch_size=-1))
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); install "
+                f"tensorflow for tfds.load, or, as ArrayRecord in a NEW_DIR, "
+                f"{how_to_prepare(spec, 'NEW_DIR', manual)}") from e
+        arrays = tfds.as_numpy(tfds.load(spec, split=split, data_dir=data_dir, batch_size=-1,
+                                         download=False))
         return _image_label(arrays, spec)
     images, labels = [], []
     chunk = 4096

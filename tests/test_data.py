@@ -1,3 +1,6 @@
+import os
+import sys
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -120,3 +123,29 @@ def test_tfds_class_subset_is_seeded_and_reindexed():
 def test_tfds_unknown_dataset():
     with pytest.raises(DataError, match="tfds:not_a_dataset"):
         data.load("tfds:not_a_dataset", val_size=5)
+
+
+@pytest.mark.parametrize("name, commands", [
+    ("cifar10", ["`python -m ma2ml_jax.prepare cifar10 --data_dir={d}` (no TensorFlow needed)",
+                 "`tfds build cifar10 --file_format=array_record --data_dir={d}`"]),
+    ("imagenet2012", ["`pip install tensorflow tensorflow-datasets`, then `tfds build "
+                      "imagenet2012 --file_format=array_record --data_dir={d} --manual_dir="]),
+])
+def test_tfds_not_prepared_says_how_to_prepare(tmp_path, name, commands):
+    d = str(tmp_path)
+    with pytest.raises(DataError) as e:
+        data.load(f"tfds:{name}", val_size=5, data_dir=d)
+    message = str(e.value)
+    assert message.startswith(f"tfds:{name} is not prepared in {d}; ")
+    assert message.endswith(f"then run with --config.data.data_dir={d}")
+    assert "\n" not in message
+    for command in commands:
+        assert command.format(d=d) in message
+    assert os.listdir(d) == []  # no download was begun
+
+
+def test_tfds_that_does_not_import_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import raises ImportError
+    with pytest.raises(DataError, match=r"tfds sources need tensorflow_datasets, .*`pip install -r "
+                                        r"requirements.txt`"):
+        data.load("tfds:cifar10", val_size=5)

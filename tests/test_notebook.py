@@ -88,7 +88,10 @@ def test_notebook_installs_only_when_the_package_does_not_import():
     install = [c for c in _code_cells(_notebook()) if "!pip" in _source(c)]
     assert len(install) == 1
     source = _source(install[0])
-    assert re.search(r"except ImportError:\n\s+!pip install -q -r .*requirements\.txt", source)
+    # pip runs in the except branch only, on the requirements as requirements_to_install left them.
+    branch = re.search(r"\nexcept ImportError:\n((?:    .*\n)+)", source).group(1)
+    assert "requirements_to_install(" in branch
+    assert re.search(r'\n    !pip install -q -r "\{f\.name\}"\n', "\n" + branch)
 
 
 def test_ci_parameters_exist_in_the_parameters_cell():
@@ -121,6 +124,39 @@ class _Displayed(list):
         return ipython, display
 
 
+def _install_cell(nb):
+    cells = [c for c in _code_cells(nb) if "requirements_to_install" in _source(c)]
+    assert len(cells) == 1
+    return cells[0]
+
+
+def test_install_keeps_the_runtimes_jax(monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the cell puts REPO_DIR on it
+    namespace = {"__name__": "__main__", "REPO_DIR": ROOT}
+    exec(compile(to_python(_source(_install_cell(_notebook()))), "install", "exec"), namespace)
+    keep, runtime_jax = namespace["requirements_to_install"], namespace["runtime_jax"]
+    with open(os.path.join(ROOT, "requirements.txt")) as f:
+        lines = f.read().splitlines()
+    jax_lines = [line for line in lines if re.match(r"jax(lib)?==", line)]
+    pinned = jax_lines[0].split("==")[1]
+    assert len(jax_lines) == 2
+    others = [line for line in lines if line not in jax_lines]
+
+    # The JAX that already imports here (the pinned one, on this CPU) is seen as it is ...
+    import jax
+
+    assert runtime_jax() == (jax.__version__, "cpu")
+    # ... and a runtime's JAX of the pinned version is not reinstalled, nor its accelerator
+    # plugin replaced by the CPU jaxlib: jax and jaxlib are left out, the rest installed.
+    for backend in ("cpu", "gpu", "tpu"):
+        assert keep(lines, pinned, backend) == others
+    # Another version on an accelerator: the pinned version built for that accelerator.
+    assert keep(lines, "0.4.1", "gpu") == others + [f"jax[cuda12]=={pinned}"]
+    assert keep(lines, "0.4.1", "tpu") == others + [f"jax[tpu]=={pinned}"]
+    # No JAX yet, or another version on a CPU: requirements.txt as it is.
+    assert keep(lines, None, None) == keep(lines, "0.4.1", "cpu") == lines
+
+
 def test_notebook_runs_a_tiny_search_and_report(tmp_path, monkeypatch, capsys):
     nb = _notebook()
     displayed = _Displayed()
@@ -147,6 +183,8 @@ def test_notebook_runs_a_tiny_search_and_report(tmp_path, monkeypatch, capsys):
         with open(os.path.join(run.workdir, "trials.jsonl")) as f:
             assert len(f.read().splitlines()) == 2 * 2
     out = capsys.readouterr().out
+    jax = namespace["jax"]
+    assert f"backend cpu, devices {jax.devices()}" in out  # the install cell names what it uses
     assert f"reward {result.best_reward:.4f}" in out  # search.summary printed the best pipeline
     assert "Best pipeline of 4 evaluated" in out
 
