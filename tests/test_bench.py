@@ -95,6 +95,7 @@ def test_sample_efficiency_runs_end_to_end(tmp_path, capsys):
              f"--out={tmp_path}", "--no_timing"])
     out = capsys.readouterr().out
     assert "| small | random |" in out and "| small_noisy | lite |" in out
+    assert "| problem | `random` | `lite` |" in out  # the problems x algorithms grid
     record = json.loads((tmp_path / "sample_efficiency.json").read_text())
     s = record["results"]["small"]["random"]
     assert s["budget"] == 24 and len(s["curve_median"]) == 24 and s["seeds"] == 2

@@ -260,6 +260,31 @@ def real_objectives(names: Sequence[str], cache: str | None = None,
     return {name: (suite.load(name, cache), budget) for name in names}
 
 
+def grid_table(results: dict[str, Any]) -> str:
+    """Problems x algorithms: median evaluations to the threshold, "(k/n)" when fewer than all
+    seeds reached it, "> budget" when the median did not; the best median of a row in bold.
+    """
+    algorithms = list(dict.fromkeys(a for per in results.values() for a in per))
+    lines = ["| problem | " + " | ".join(f"`{a}`" for a in algorithms) + " |",
+             "|---" * (len(algorithms) + 1) + "|"]
+    for oname, per in results.items():
+        best = min((s["evals_median"] for s in per.values()), default=np.inf)
+        cells = []
+        for a in algorithms:
+            if a not in per:
+                cells.append("")
+                continue
+            s = per[a]
+            text = _fmt(s["evals_median"], s["budget"])
+            if s["reached"] < s["seeds"]:
+                text += f" ({s['reached']}/{s['seeds']})"
+            if np.isfinite(best) and s["evals_median"] == best:
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append(f"| {oname} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def table(results: dict[str, Any], target: float) -> str:
     lines = ["| objective | algorithm | evals to target: median [IQR] | "
              "seeds reached | median final best | repeats asked | repeats evaluated |",
@@ -563,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for oname, per in json.load(f).get("results", {}).items():
                     results.setdefault(oname, {}).update(per)
         record["results"] = results
-        print(table(results, args.target))
+        print(table(results, args.target) + "\n\n" + grid_table(results))
         png = os.path.join(args.out, "sample_efficiency.png")
         plot(results, png, args.target)
         print(f"plot: {png}")
@@ -593,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         results = run_grid(objectives, algos, range(args.seeds), args.pipelines, args.target,
                            jobs=args.jobs)
         record["results"] = results
-        print("\n" + table(results, args.target))
+        print("\n" + table(results, args.target) + "\n\n" + grid_table(results))
         png = os.path.join(args.out, "sample_efficiency.png")
         plot(results, png, args.target)
         print(f"plot: {png}")
