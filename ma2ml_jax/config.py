@@ -85,7 +85,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.ma2ml.parents = 3  # screened: best pipelines so far whose one-decision neighbours are scored
     c.ma2ml.acquisition = "ucb"  # screened: ucb (mean + beta * std of the members) | thompson
     c.ma2ml.beta = 1.0  # screened: UCB's weight of the members' standard deviation
-    c.ma2ml.local_picks = 0  # screened: proposals chosen among the parents' neighbours only
 
     # MA2ML-Lite (agents.lite): per-agent REINFORCE, EMA reward baseline.
     c.lite = ml_collections.ConfigDict()

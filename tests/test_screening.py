@@ -129,23 +129,3 @@ def test_screened_search_reaches_the_optimum_of_a_small_objective(acquisition):
             state, _ = s.tell(state, actions, r)
         reached += best > 1 - 1e-6
     assert reached >= 2
-
-
-def test_local_picks_are_neighbours_of_the_best_pipelines():
-    objective = make_objective({"a": (4,) * 3, "b": (4,) * 3}, seed=4)
-    parts = _screened(objective, 8, parents=1, local_picks=3, uniform_candidates=64)
-    s = parts.searcher
-    state = s.init(jax.random.key(0))
-    for it in range(3):
-        actions, state = s.ask(state, jax.random.key(it))
-        state, _ = s.tell(state, actions, np.asarray(objective.true_reward(actions)))
-    size = int(state.replay.size)
-    rewards = np.asarray(state.replay.data["reward"][:size])
-    best = {a: np.asarray(state.replay.data["tokens"][a][int(np.argmax(rewards))])
-            for a in objective.space.agents}
-    actions, _ = s.ask(state, jax.random.key(10))
-    flat = np.concatenate([np.asarray(actions[a]) for a in objective.space.agents], 1)
-    parent = np.concatenate([best[a] for a in objective.space.agents])
-    distance = (flat != parent).sum(1)
-    assert (distance[:3] == 1).all()  # the local picks come first
-    assert len({tuple(r) for r in flat}) == 8

@@ -97,7 +97,6 @@ class MA2MLConfig(NamedTuple):
     parents: int = 3  # screened: best pipelines whose one-decision neighbours are scored
     acquisition: str = "ucb"  # screened: ucb (mean + beta * std) | thompson
     beta: float = 1.0  # screened: the UCB's weight of the members' standard deviation
-    local_picks: int = 0  # screened: proposals chosen among the parents' neighbours only
 
     def check(self) -> None:
         if self.policy not in POLICIES:
@@ -110,7 +109,7 @@ class MA2MLConfig(NamedTuple):
         if self.acquisition not in ACQUISITIONS:
             raise ValueError(f"ma2ml.acquisition={self.acquisition!r} is not one of "
                              f"{list(ACQUISITIONS)}")
-        for name in ("uniform_candidates", "parents", "local_picks"):
+        for name in ("uniform_candidates", "parents"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ma2ml.{name}={getattr(self, name)} must be >= 0")
         if self.beta < 0:
@@ -254,21 +253,9 @@ def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig | 
             parts.append(neighbours(space, take_actions(stored, best)))
         candidates = concat_actions(*parts)
         allowed = novel(pipeline_hash(candidates), pipeline_hash(stored), valid)
-        scores = ensemble_q(state.critic, candidates)
-        k_local, k_rest = jax.random.split(k_sel)
-        local = min(config.local_picks, num_pipelines) if config.parents else 0
-        if not local:
-            index = select(scores, allowed, num_pipelines, config.acquisition, config.beta,
-                           k_rest)
-            return take_actions(candidates, index)
-        # `local` picks among the parents' neighbours (the last candidates), the rest among all.
-        n = next(iter(candidates.values())).shape[0]
-        neighbour = jnp.arange(n) >= n - next(iter(parts[-1].values())).shape[0]
-        first = select(scores, allowed & neighbour, local, config.acquisition, config.beta,
-                       k_local)
-        rest = select(scores, allowed.at[first].set(False), num_pipelines - local,
-                      config.acquisition, config.beta, k_rest)
-        return take_actions(candidates, jnp.concatenate([first, rest]))
+        index = select(ensemble_q(state.critic, candidates), allowed, num_pipelines,
+                       config.acquisition, config.beta, k_sel)
+        return take_actions(candidates, index)
 
     @jax.jit
     def ask(state, key):
