@@ -11,12 +11,20 @@ paper reports (Tables 1-2).
 ":flops900" is the paper's second MA2ML trial: reward Acc * (FLOPs / 900M)^-0.07, the best under
 800M / 900M / 1G FLOPs picked (MA2ML-D/E/F). ":local" (alone or after ":flops900") shrinks either.
 
-Needs imagenet2012 prepared for TFDS (manual download) in --config.data.data_dir.
+Needs imagenet2012 prepared for TFDS as ArrayRecord (manual download; `tfds build imagenet2012
+--file_format=array_record`) in --config.data.data_dir. Its images differ in size, so it streams
+(data.stream="auto", ma2ml_jax/stream.py): decoded, cropped and resized to data.image_size per
+batch, each host reading its shard; the label index of the 200-class subset is read once and
+cached beside the dataset.
 
   python -m ma2ml_jax.train --config=configs/imagenet200.py --workdir=runs/in200
   python -m ma2ml_jax.train --config=configs/imagenet200.py:flops900 --workdir=runs/in200_900m
   python -m ma2ml_jax.train --config=configs/imagenet200.py:local   # tiny CPU variant (CIFAR-10)
   python -m ma2ml_jax.train --config=configs/imagenet200.py:flops900:local
+
+":local" trains on 5 classes of CIFAR-10 (ImageNet does not fit a CPU run): TFDS's cifar10 by
+default, or the arrays of `python ../shared/data/cifar10.py --out /tmp/cifar10.npz` with
+--config.data.source=npz:/tmp/cifar10.npz.
 """
 
 from ma2ml_jax.config import base_config
@@ -33,6 +41,9 @@ def get_config(arg=None):
     c.data.source = "tfds:imagenet2012"
     c.data.classes = 200
     c.data.val_size = 10_000
+    # The largest resolution of the FBNetV3 space: each network resizes its input to its own
+    # searched resolution (224..272), so none upsamples detail the data never had.
+    c.data.image_size = 272
     c.spaces.aug.num_subpolicies = 25
     c.spaces.nas.variant = "imagenet"
     c.spaces.hpo.variant = "imagenet"

@@ -4,7 +4,7 @@
     result = search.run(config.base_config(), "runs/mine")              # train proxy networks
     result = search.run(config.base_config(), "runs/mine", objective=fn)  # or your own function
 
-Modules: `search` (the driver), `config` (every config key), `data`, `spaces`, `augment`,
+Modules: `search` (the driver), `config` (every config key), `data`, `stream`, `spaces`, `augment`,
 `models`, `proxy` (proxy-network training), `evaluate`, `cost`, `rewards`, `agents`.
 """
 

@@ -38,6 +38,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_classes = 0  # > 0: declared class count, labels are checked against it
     c.data.max_train = 0  # > 0: cap on the proxy training split (seeded)
     c.data.data_dir = ""  # TFDS data directory; "" = TFDS's default
+    # Streaming input (stream.py): auto streams tfds: sources whose images differ in size
+    # (ImageNet), decoded and cropped to image_size per batch; true: every tfds: source; false:
+    # never (the whole split in memory, one image size).
+    c.data.stream = "auto"
+    c.data.image_size = 224  # side of streamed images; in-memory sources keep their own size
+    c.data.workers = 0  # decode threads of a stream (0: one per CPU core)
+    c.data.prefetch = 2  # batches a stream decodes ahead
 
     # One agent per ML module; each is a space kind plus that kind's arguments.
     c.spaces = ml_collections.ConfigDict()
@@ -216,6 +223,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"evaluate.{key}={config.evaluate[key]} must be >= 1")
     if config.data.val_size < 1:
         raise ConfigError(f"data.val_size={config.data.val_size} must be >= 1")
+    _validate_stream(config.data)
     _validate_retrain(config.retrain)
     if config.reward.flops_classes < 0:
         raise ConfigError(f"reward.flops_classes={config.reward.flops_classes} must be >= 0 "
@@ -249,6 +257,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
             cell.check_reduction_cells(config.model.cells, config.model.reduction_cells)
         except ValueError as e:
             raise ConfigError(f"model.{e}") from e
+
+
+def _validate_stream(d: ml_collections.ConfigDict) -> None:
+    # A config saved before streaming existed (retrain.py rebuilds one) lacks these keys.
+    if d.get("stream", "auto") not in STREAM_MODES:
+        raise ConfigError(f"data.stream={d.stream!r} is not one of {choices(STREAM_MODES)}")
+    for key, low in (("image_size", 1), ("workers", 0), ("prefetch", 1)):
+        if d.get(key, low) < low:
+            raise ConfigError(f"data.{key}={d[key]} must be >= {low}")
 
 
 def _validate_retrain(r: ml_collections.ConfigDict) -> None:

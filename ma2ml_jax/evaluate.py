@@ -7,21 +7,29 @@ dict per decoded pipeline with: accuracy (validation top-1), loss (final trainin
 failure (None, or the reason the pipeline was stopped: NaN loss, loss over the threshold, a network
 that cannot be built).
 
-With `evaluate.network = "masked"` (the default) every architecture of a space runs in the
-max-size network with the architecture as an input array, so there is one compiled program per
-resolution, and the pipelines that share it train together by `evaluate.strategy` (see
-`sharded.py`: loop, unrolled, vmap, map, or "auto", which times one chunk of each on the first
-iteration and keeps the fastest). "exact" compiles an exactly-shaped network per architecture
-(the reference), one pipeline at a time. The recipe and the augmentation policy are arrays: they
-never recompile.
+With `evaluate.network = "masked"` (what "auto" picks but for the cell space on CPU) every
+architecture of a space runs in the max-size network with the architecture as an input array, so
+there is one compiled program per resolution, and the pipelines that share it train together by
+`evaluate.strategy` (see `sharded.py`: loop, unrolled, vmap, map, or "auto", which times one
+chunk of each on the first iteration and keeps the fastest). "exact" compiles an exactly-shaped
+network per architecture (the reference), one pipeline at a time. The recipe and the augmentation
+policy are arrays: they never recompile.
 
 `make_evaluator_with_state(config, dataset, space)` returns the same evaluation as an `Evaluator`
 with explicit state (`init`, `evaluate`, `replay`), which the search saves with its checkpoints:
 the layerwise evaluator's number of epochs per episode (Iranfar et al.) changes during a search.
+
+Data. An in-memory `data.Dataset` is placed on the devices once and each step indexes it inside
+the program. A `stream.StreamingDataset` (large `tfds:` sources) is decoded batch by batch in a
+background thread: each chunk of steps gets its own decoded batch, read by the same programs
+through rows into it, so nothing else changes; the pipelines trained together share one stream
+(the "loop" strategy streams the data again for each pipeline), and the validation split is
+streamed after training.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -31,9 +39,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ma2ml_jax import augment, cost, distributed, models, proxy, sharded
+from ma2ml_jax import augment, cost, distributed, models, proxy, sharded, stream
 from ma2ml_jax.config import steps_per_epoch
 from ma2ml_jax.data import Dataset
+from ma2ml_jax.errors import DataError
 from ma2ml_jax.spaces import PipelineSpace
 from ma2ml_jax.spaces import augment as augment_space
 from ma2ml_jax.spaces import recipe as recipe_space
@@ -85,15 +94,15 @@ def carrying_state(evaluator: Evaluator, key: jax.Array
     return evaluate
 
 
-def make_evaluator_with_state(config: ml_collections.ConfigDict, dataset: Dataset,
-                              space: PipelineSpace, log: Callable[[str], Any] = print
-                              ) -> Evaluator:
+def make_evaluator_with_state(config: ml_collections.ConfigDict,
+                              dataset: Dataset | stream.StreamingDataset, space: PipelineSpace,
+                              log: Callable[[str], Any] = print) -> Evaluator:
     """The evaluation of `make_evaluator` as an `Evaluator`: the layerwise evaluator's state is
     its number of epochs per episode (`evaluate_layerwise`); the others keep none.
     """
     from ma2ml_jax.spaces.layerwise import is_layerwise
 
-    if is_layerwise(space):
+    if is_layerwise(space) and not isinstance(dataset, stream.StreamingDataset):
         from ma2ml_jax.evaluate_layerwise import make_layerwise_evaluator_with_state
 
         return make_layerwise_evaluator_with_state(config, dataset, space, log)
@@ -109,8 +118,9 @@ def agent_roles(space: PipelineSpace) -> dict[str, str | None]:
     return roles
 
 
-def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
-                   space: PipelineSpace, log: Callable[[str], Any] = print
+def make_evaluator(config: ml_collections.ConfigDict,
+                   dataset: Dataset | stream.StreamingDataset, space: PipelineSpace,
+                   log: Callable[[str], Any] = print
                    ) -> Callable[[list[Mapping[str, Any]], jax.Array], list[Metrics]]:
     """Returns `evaluate(pipelines, key) -> [metrics]` for decoded pipelines.
 
@@ -120,7 +130,11 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
     """
     from ma2ml_jax.spaces.layerwise import is_layerwise
 
+    streaming = isinstance(dataset, stream.StreamingDataset)
     if is_layerwise(space):
+        if streaming:
+            raise DataError(f"{dataset.name} streams (data.stream), but layerwise spaces train "
+                            "on in-memory data; use a smaller source or data.stream='false'")
         from ma2ml_jax.evaluate_layerwise import make_layerwise_evaluator
 
         return make_layerwise_evaluator(config, dataset, space, log)
@@ -129,11 +143,17 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
         raise ValueError("the pipeline space has no architecture agent (a 'macro' or 'cell' space)")
     arch_kind = space[roles["arch"]].name
     ev = config.evaluate
-    n_train = len(dataset.y_train)
-    spe = steps_per_epoch(n_train, ev.batch_size)
+    if streaming:
+        n_train, n_val = dataset.train_size, dataset.val_size
+        # Full batches of the smallest host's range: every host takes the same steps.
+        spe = dataset.steps_per_epoch(ev.batch_size)
+    else:
+        n_train, n_val = len(dataset.y_train), len(dataset.y_val)
+        spe = steps_per_epoch(n_train, ev.batch_size)
+        x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+        val_batches = list(zip(*_padded_batches(dataset.x_val, dataset.y_val,
+                                                ev.eval_batch_size)))
     total = max(1, int(round(ev.epochs * spe)))
-    x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
-    val_batches = list(zip(*_padded_batches(dataset.x_val, dataset.y_val, ev.eval_batch_size)))
     compiled: dict[Any, sharded.Programs] = {}
     arch_space = space[roles["arch"]]
     masked = resolve_network(ev.network, arch_kind, jax.default_backend()) == "masked"
@@ -186,18 +206,67 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
                              config.model, flops_classes=flops_classes)
         return net, arrays, hp, policy, counted
 
+    def chunk_plan(epoch):
+        """The chunks of an epoch: (step0, valid[S]), steps step0 .. step0 + S - 1 of which those
+        past the epoch's last step are padding.
+        """
+        n_steps = min(spe, total - epoch * spe)
+        for step0 in range(0, n_steps, steps_per_call):
+            yield np.int32(step0), np.arange(step0, step0 + steps_per_call) < n_steps
+
     def epoch_chunks(key, epoch):
         """The chunks of an epoch of the iteration's shared data order: (step0, rows, valid)."""
         perm = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 0), epoch),
                                       n_train)
         rows = perm[:spe * ev.batch_size].reshape(spe, ev.batch_size)
-        n_steps = min(spe, total - epoch * spe)
-        for step0 in range(0, n_steps, steps_per_call):
+        for step0, valid in chunk_plan(epoch):
             j = np.arange(step0, step0 + steps_per_call)
-            valid = j < n_steps
             take = rows[step0:step0 + steps_per_call] if valid.all() else rows[np.where(
                 valid, j, step0)]
-            yield np.int32(step0), take, valid
+            yield step0, take, valid
+
+    def placer(progs: sharded.Programs):
+        """Places a streamed batch as `progs` reads it (on the default device for "loop")."""
+        return progs.replicate if progs.stacked else jax.device_put
+
+    @contextlib.contextmanager
+    def training_data(progs: sharded.Programs, key, epochs: int, chunks: int | None = None):
+        """`data(epoch)`: the chunks (step0, x_all, y_all, rows, valid) of an epoch as
+        `progs.train` reads them: the placed training set with rows of the iteration's data
+        order, or each streamed chunk's batch with the rows into it (its decoding stops when the
+        block ends; `chunks` limits it to the first chunks).
+        """
+        if not streaming:
+            (x_all, y_all), _ = placed_data(progs)
+            yield lambda epoch: ((step0, x_all, y_all, rows, valid)
+                                 for step0, rows, valid in epoch_chunks(key, epoch))
+            return
+        plan = [(e, step0, valid) for e in range(epochs) for step0, valid in chunk_plan(e)]
+        # The same seed on every host: one data order per iteration, as in memory.
+        seed = np.asarray(jax.random.key_data(jax.random.fold_in(key, 0))).ravel().tolist()
+        batches = dataset.train_batches(plan[:chunks], ev.batch_size, seed, placer(progs))
+
+        def data(epoch):
+            for step0, valid in chunk_plan(epoch):
+                x_all, y_all, rows = next(batches)
+                yield step0, x_all, y_all, rows, valid
+
+        try:
+            yield data
+        finally:
+            batches.close()
+
+    @contextlib.contextmanager
+    def validation_data(progs: sharded.Programs):
+        """The validation batches (x, y, valid) as `progs.eval_batch` reads them."""
+        if not streaming:
+            yield placed_data(progs)[1]
+            return
+        batches = dataset.eval_batches(ev.eval_batch_size, placer(progs))
+        try:
+            yield batches
+        finally:
+            batches.close()
 
     def pipeline_keys(key, i):
         """(init key data, training key data) of pipeline i of the iteration."""
@@ -246,42 +315,43 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
         """
         arrays, hp, policy, k_init, k_train = stage(progs, members, key)
         states = progs.init(k_init, arrays)
-        (x_all, y_all), val = placed_data(progs)
         failure: list[str | None] = [None] * len(members)
         losses = None
         first_epoch_end = None
-        for epoch in range(n_epochs):
-            worst = []
-            for step0, rows, valid in epoch_chunks(key, epoch):
-                on_mesh = progs.replicate(valid)  # read by `train` and by the line below
-                states, losses = progs.train(states, x_all, y_all, rows, on_mesh, hp, policy,
-                                             k_train, np.int32(epoch), step0, arrays)
-                w = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
-                worst.append(jnp.where(on_mesh, w, -jnp.inf).max(-1))
-                last = int(valid.sum()) - 1
-            # Divergence is checked once an epoch: one host sync.
-            worst = np.atleast_1d(distributed.to_host(jnp.stack(worst).max(0)))
-            for j in range(len(members)):
-                failure[j] = failure[j] or failure_of(float(worst[j]), epoch)
-            over = over_time_budget(first_epoch_end, epoch, len(members))
-            if over:
-                failure = [f or over for f in failure]
-            if epoch == 0:
-                first_epoch_end = time.perf_counter()
-            if all(failure):
-                break
+        with training_data(progs, key, n_epochs) as data:
+            for epoch in range(n_epochs):
+                worst = []
+                for step0, x_all, y_all, rows, valid in data(epoch):
+                    on_mesh = progs.replicate(valid)  # read by `train` and by the line below
+                    states, losses = progs.train(states, x_all, y_all, rows, on_mesh, hp,
+                                                 policy, k_train, np.int32(epoch), step0, arrays)
+                    w = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
+                    worst.append(jnp.where(on_mesh, w, -jnp.inf).max(-1))
+                    last = int(valid.sum()) - 1
+                # Divergence is checked once an epoch: one host sync.
+                worst = np.atleast_1d(distributed.to_host(jnp.stack(worst).max(0)))
+                for j in range(len(members)):
+                    failure[j] = failure[j] or failure_of(float(worst[j]), epoch)
+                over = over_time_budget(first_epoch_end, epoch, len(members))
+                if over:
+                    failure = [f or over for f in failure]
+                if epoch == 0:
+                    first_epoch_end = time.perf_counter()
+                if all(failure):
+                    break
         final_loss = np.atleast_1d(distributed.to_host(losses[..., last]))
         correct = np.zeros(len(final_loss))
         if not all(failure):
-            correct = np.atleast_1d(distributed.to_host(sum(
-                progs.eval_batch(states, xb, yb, vb, hp.ema, arrays)
-                for xb, yb, vb in val)))
+            with validation_data(progs) as val:
+                correct = np.atleast_1d(distributed.to_host(sum(
+                    progs.eval_batch(states, xb, yb, vb, hp.ema, arrays)
+                    for xb, yb, vb in val)))
         out = []
         for j, (_, m) in enumerate(members):
             counted = m[4]
             out.append({"params": counted.params, "flops": counted.flops, "failure": failure[j],
                         "loss": float(final_loss[j]),
-                        "accuracy": 0.0 if failure[j] else float(correct[j]) / len(dataset.y_val)})
+                        "accuracy": 0.0 if failure[j] else float(correct[j]) / n_val})
         return out
 
     def choose_strategy(net, members, key) -> str:
@@ -306,9 +376,9 @@ def make_evaluator(config: ml_collections.ConfigDict, dataset: Dataset,
     def time_one_chunk(progs, members, key) -> float:
         """Seconds of one call of `progs.train` on the group (compiled by a first call)."""
         arrays, hp, policy, k_init, k_train = stage(progs, members, key)
-        step0, rows, valid = next(epoch_chunks(key, 0))
         states = progs.init(k_init, arrays)
-        (x_all, y_all), _ = placed_data(progs)
+        with training_data(progs, key, 1, chunks=1) as data:
+            step0, x_all, y_all, rows, valid = next(data(0))
         for _ in range(2):
             t0 = time.perf_counter()
             states, losses = progs.train(states, x_all, y_all, rows, valid, hp, policy,

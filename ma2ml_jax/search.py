@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from ma2ml_jax import agents, data, distributed, report, rewards, spaces, tensorboard
+from ma2ml_jax import agents, data, distributed, report, rewards, spaces, stream, tensorboard
 from ma2ml_jax import checkpoint as checkpoint_lib
 from ma2ml_jax import config as config_lib
 from ma2ml_jax import evaluate as evaluate_lib
@@ -263,7 +263,13 @@ def _follow(config, workdir, space, objective, channel) -> SearchResult:
                    got["evaluated_repeat_fraction"])
 
 
-def _load_data(config: ml_collections.ConfigDict) -> data.Dataset:
+def _load_data(config: ml_collections.ConfigDict) -> data.Dataset | stream.StreamingDataset:
+    d = config.data
+    if stream.wanted(d.source, d.stream, d.data_dir or None):
+        return stream.load(d.source, val_size=d.val_size, seed=config.seed, classes=d.classes,
+                           num_classes=d.num_classes, data_dir=d.data_dir or None,
+                           max_train=d.max_train, image_size=d.image_size, workers=d.workers,
+                           prefetch=d.prefetch)
     return data.load(config.data.source, val_size=config.data.val_size, seed=config.seed,
                      classes=config.data.classes, num_classes=config.data.num_classes,
                      data_dir=config.data.data_dir or None, max_train=config.data.max_train)
