@@ -1,4 +1,4 @@
-"""Kill-and-resume (issue 6, item 1): a search killed with SIGKILL in the middle of an iteration
+"""Kill-and-resume: a search killed with SIGKILL in the middle of an iteration
 and rerun with the same workdir ends with the same trial log as an uninterrupted run."""
 
 import json

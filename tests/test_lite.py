@@ -1,4 +1,4 @@
-"""MA2ML-Lite (issue 5, item 6): independent REINFORCE with an EMA reward baseline."""
+"""MA2ML-Lite: independent REINFORCE with an EMA reward baseline."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Multi-host runs (issue 6, item 5): two processes on localhost with two fake CPU devices each
+"""Multi-host runs: two processes on localhost with two fake CPU devices each
 (the shape of a two-host pod slice, `_processes.py`) against one process with four. Proxy
 training over a mesh spanning both processes: tests/test_train_cli.py (it shares the
 single-process run of the end-to-end test)."""

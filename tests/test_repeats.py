@@ -1,4 +1,4 @@
-"""Repeats (issue 5, item 5): a pipeline already evaluated, or duplicated within its batch, is
+"""Repeats: a pipeline already evaluated, or duplicated within its batch, is
 replaced by a fresh sample, and its known reward is still told to the learner."""
 
 

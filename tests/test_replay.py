@@ -1,4 +1,4 @@
-"""The functional replay buffer (issue 5, item 3): a ring of fixed capacity over a pytree,
+"""The functional replay buffer: a ring of fixed capacity over a pytree,
 jitted and donated add, uniform sampling over all or the most recent items, orbax round trip."""
 
 import jax

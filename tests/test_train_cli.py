@@ -84,7 +84,7 @@ def test_end_to_end_local_run_then_resume(local_run):
 
 
 def test_two_processes_train_the_pipelines_of_one_process(local_run, tmp_path):
-    """Issue 6, item 5: proxy training sharded over a mesh spanning two processes (2 CPU devices
+    """Proxy training sharded over a mesh spanning two processes (2 CPU devices
     each, `_processes.py`) logs what the single-process run logged (pipelines, rewards,
     accuracies, losses), and only process 0 writes or prints."""
     workdir = tmp_path / "two"
