@@ -8,6 +8,10 @@ in the paper).
 
   python -m ma2ml_jax.train --config=configs/cifar10.py --workdir=runs/cifar10
   python -m ma2ml_jax.train --config=configs/cifar10.py:local   # tiny CPU variant
+
+Data: TFDS's cifar10, prepared by `python -m ma2ml_jax.prepare cifar10` (":local" too); without
+TFDS, `python ../shared/data/cifar10.py --out /tmp/cifar10.npz` writes CIFAR-10 as arrays (its
+images re-encoded as JPEG) for --config.data.source=npz:/tmp/cifar10.npz.
 """
 
 from ma2ml_jax.config import base_config
@@ -41,14 +45,19 @@ def paper_cifar(source, arg=None):
     c.retrain.seeds = 1  # one selection run per top-30 pipeline, on the validation split
     c.retrain.report_seeds = 5  # the selected pipeline's fresh trials (the paper's 5)
     if arg == "local":
-        c.data.val_size = 500
-        c.data.max_train = 1024
+        # Minutes on a 2-core CPU (docs/BENCHMARKS.md, "The tiny :local variants"). There each
+        # architecture trains in its own exactly-shaped network (evaluate.resolve_network), so
+        # the run costs about one compilation per pipeline: few pipelines, small programs.
+        c.data.val_size = 256
+        c.data.max_train = 256
         c.spaces.aug.num_subpolicies = 5
-        c.search.pipelines = 4
+        c.spaces.nas.num_blocks = 2
+        c.search.pipelines = 2
         c.search.iterations = 2
         c.evaluate.epochs = 1
-        c.model.cells = 5
-        c.model.reduction_cells = (2, 4)  # 1 normal cell before, between and after them
+        c.evaluate.eval_batch_size = 256
+        c.model.cells = 2
+        c.model.reduction_cells = (2,)  # a normal cell, then a reduction cell
         c.model.cell_channels = 8
         c.retrain.top_k = 2
         c.retrain.epochs = 2

@@ -2,6 +2,9 @@ r"""The paper's CIFAR-100 setting: as CIFAR-10 (configs/cifar10.py), 4,008 pipel
 
   python -m ma2ml_jax.train --config=configs/cifar100.py --workdir=runs/cifar100
   python -m ma2ml_jax.train --config=configs/cifar100.py:local   # tiny CPU variant
+
+Data: TFDS's cifar100, prepared by `python -m ma2ml_jax.prepare cifar100` (":local" too), or
+any npz file of CIFAR-100's arrays with --config.data.source=npz:PATH.
 """
 
 from configs.cifar10 import paper_cifar

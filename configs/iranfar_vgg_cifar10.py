@@ -14,8 +14,8 @@ least; the paper ran 500, then about 300 of exploration-exploitation).
   python -m ma2ml_jax.train --config=configs/iranfar_vgg_cifar10.py --workdir=runs/iranfar
   python -m ma2ml_jax.train --config=configs/iranfar_vgg_cifar10.py:vgg16
   python -m ma2ml_jax.train --config=configs/iranfar_vgg_cifar10.py:local   # tiny CPU variant
-  # real CIFAR-10 without TFDS: python ../shared/data/cifar10.py --out /tmp/cifar10.npz, then
-  #   --config.data.source=npz:/tmp/cifar10.npz
+  # real CIFAR-10 without TFDS (":local" too): python ../shared/data/cifar10.py --out
+  #   /tmp/cifar10.npz, then --config.data.source=npz:/tmp/cifar10.npz
 """
 
 from ma2ml_jax.config import base_config

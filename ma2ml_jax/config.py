@@ -22,6 +22,7 @@ REWARDS = ("accuracy", "mnas", "linear", "iranfar")
 NETWORKS = ("auto", "masked", "exact")
 STRATEGIES = ("auto", "loop", "unrolled", "vmap", "map")
 STEP_LOOPS = ("host", "scan")
+STREAM_MODES = ("auto", "true", "false")
 SPACE_KINDS = ("augment", "macro", "cell", "recipe", "layerwise", "choices")
 AGENTS = ("aug", "nas", "hpo")
 
@@ -127,8 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
     # (which holds the compilation); a pipeline over it is stopped and fails with a penalty.
     c.evaluate.time_budget = 0.0
     # masked: one max-size network for every architecture, one compiled program per resolution;
-    # exact: an exactly-shaped network compiled per architecture (the reference); auto: masked
-    # (evaluate.resolve_network gives the measured trade-off).
+    # exact: an exactly-shaped network compiled per architecture (the reference); auto: exact for
+    # the cell space on CPU, else masked (evaluate.resolve_network gives the measured trade-off).
     c.evaluate.network = "auto"
     # How the pipelines of an iteration are trained (masked networks): loop (one at a time),
     # unrolled (the local pipelines traced into one program), vmap, map (lax.map in chunks of

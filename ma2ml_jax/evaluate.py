@@ -416,16 +416,21 @@ def make_evaluator(config: ml_collections.ConfigDict,
 
 
 def resolve_network(network: str, arch_kind: str, backend: str) -> str:
-    """"masked" or "exact" for `evaluate.network`; "auto" is the masked network.
+    """"masked" or "exact" for `evaluate.network`; "auto": exact networks for the cell space on
+    CPU, the masked network otherwise.
 
-    Measured on CPU (docs/BENCHMARKS.md, CIFAR cell workload): a masked cell step costs ~4.3x an
-    exact one (XLA:CPU runs convolutions inside `lax.switch` ~20x slower, jax-ml/jax#12868), but
-    the exact networks pay a compile per architecture, so with short proxies the masked network
-    was 2.2x the naive port from the second iteration on, the exact ones 0.55x. With proxies of
-    thousands of steps per pipeline, `--config.evaluate.network=exact` can win on CPU.
+    Measured on CPU (docs/BENCHMARKS.md, "Compile time and step time of the cell network"):
+    XLA:CPU runs convolutions inside control flow (the masked network's `lax.switch` and scan,
+    jax-ml/jax#12868) and grouped depthwise convolutions on slow paths, so a masked cell step
+    cost several times an exact one, while the masked program compiled no faster than one exact
+    network: the exact networks, compiled once per architecture, win unless a pipeline trains
+    for only a handful of steps. On accelerators the switch runs only the chosen branch with the
+    ordinary kernels, and one masked program serves every architecture. The macro space's masked
+    network has no switch and is the choice everywhere.
     """
-    del arch_kind, backend
-    return "masked" if network == "auto" else network
+    if network != "auto":
+        return network
+    return "exact" if arch_kind == "cell" and backend == "cpu" else "masked"
 
 
 def auto_candidates(backend: str, num_devices: int) -> tuple[str, ...]:

@@ -11,8 +11,8 @@ from ma2ml_jax.errors import ConfigError
 @pytest.mark.parametrize("arg, target, budgets", [
     (None, 600e6, (500e6, 600e6, 700e6)),  # MA2ML-A/B/C
     ("flops900", 900e6, (800e6, 900e6, 1e9)),  # MA2ML-D/E/F
-    ("local", 20e6, (20e6 * 5 / 6, 20e6, 20e6 * 7 / 6)),
-    ("flops900:local", 30e6, (30e6 * 5 / 6, 30e6, 30e6 * 7 / 6)),
+    ("local", 0.8e6, (0.8e6 * 5 / 6, 0.8e6, 0.8e6 * 7 / 6)),
+    ("flops900:local", 1.2e6, (1.2e6 * 5 / 6, 1.2e6, 1.2e6 * 7 / 6)),
 ])
 def test_imagenet200_variants_have_the_papers_targets_and_budgets(arg, target, budgets):
     c = imagenet200.get_config(arg)

@@ -44,8 +44,9 @@ def test_bad_evaluation_settings_are_named(key, value, message):
 
 
 @pytest.mark.parametrize("network, kind, backend, want", [
-    ("auto", "macro", "cpu", "masked"), ("auto", "cell", "cpu", "masked"),
-    ("auto", "cell", "gpu", "masked"), ("masked", "cell", "cpu", "masked"),
+    ("auto", "macro", "cpu", "masked"), ("auto", "cell", "cpu", "exact"),
+    ("auto", "cell", "gpu", "masked"), ("auto", "cell", "tpu", "masked"),
+    ("masked", "cell", "cpu", "masked"),
     ("exact", "macro", "tpu", "exact"),
 ])
 def test_resolve_network(network, kind, backend, want):

@@ -54,9 +54,10 @@ def make_network_for(kind: str, space, arch: Mapping[str, Any], num_classes: int
     if masked and kind == "cell":
         from ma2ml_jax.models import cell_masked
 
-        # XLA's depthwise convolution even on CPU: with "taps" every one of a slot's ~26
-        # variants becomes k*k slices, and the program (already the slowest to compile here)
-        # did not finish compiling in 13 minutes for 2 cells (bench/throughput.py notes).
+        # XLA's depthwise convolution even on CPU: with "taps" every separable branch of every
+        # slot becomes 2 x 49 slices (7x7 superkernels) in a program already slow to compile;
+        # the masked cell network serves accelerators (on CPU "auto" trains exact networks,
+        # `evaluate.resolve_network`).
         net = cell_masked.MaskedCellNet(
             num_classes, cells=model_config.cells,
             reduction_cells=tuple(model_config.reduction_cells),

@@ -5,31 +5,46 @@ own XLA program. `MaskedCellNet` takes it as an input array (`CellArrays`) inste
 of Single-Path NAS / FBNetV2 (DESIGN.md, "Throughput"): the parameters are those of the max-size
 network, and the architecture only selects which of them run.
 
-* Op choice: every op slot (cell k, block b, input j) holds the variables of one `CellOp` per
-  (op, stride) variant it can take and runs them under a `jax.lax.switch` on the op index
-  (`switch_variants`). Without vmap, XLA's conditional executes only the chosen branch, so the
-  run-time cost is that of the chosen op. Under vmap with a batched index the switch becomes a
-  select over all branches, so pipelines should be traced one after another ("unrolled"), not
-  vmapped (DESIGN.md).
+* Op choice: every op slot (cell, block b, input j) runs the chosen operation under a
+  `jax.lax.switch` (`switch_variants`). Operations of one family share one module with a masked
+  superkernel (`FAMILIES`): the 7x7 separable convolution serves sep_conv_3x3/5x5/7x7 with zeroed
+  outer taps, the 1x7 + 7x1 pair serves conv_1x3_3x1 and conv_1x7_7x1, the 3x3 convolution serves
+  conv_1x1 and conv_3x3, and the four poolings are one parameter-free branch; so a slot switches
+  over 6 branches, not 13. Zeroed taps compute exactly what the smaller kernel computes (SAME
+  padding centres every odd kernel on the same input pixel; the one exception, a 1x1 kernel with
+  stride 2 on an even size, is shifted to the pixel it samples). Without vmap, XLA's conditional
+  executes only the chosen branch. Under vmap with a batched index the switch becomes a select over
+  all branches, so pipelines should be traced one after another ("unrolled"), not vmapped
+  (DESIGN.md).
 * Input choice: the states a block may read are stacked and dynamically indexed. In a reduction
   cell the two cell inputs are at twice the spatial size of the block outputs and take stride-2
   ops, so a slot of block b >= 1 gets both candidates (the cell input and the block output picked
-  by the index) and its switch runs over 2 x 13 branches: stride-2 variants on the former,
+  by the index) and its switch runs over 2 x 6 branches: stride-2 variants on the former,
   stride-1 variants on the latter.
 * Combine: a switch between addition and concatenation + ReLU-conv1x1-BN.
 * Cell output: NASNet concatenates the blocks no block reads, c x n_unused channels. Here the
   output is always num_blocks x c wide, block j at channel slice j, with the slices of read blocks
   zeroed, so the next cell's preprocessing 1x1 convolutions and the classifier have a fixed input
   width; only the kernel rows of unused slices matter (the others get exactly zero gradient).
+* Depth: consecutive cells whose inputs and output share one shape (the normal cells of a stage
+  after its first) also share their architecture, so they run as one `nn.scan` over parameters
+  stacked on a leading axis (`cell_runs`): one compiled cell body per kind of cell (the first
+  cells, a reduction cell, the first normal cell after it, the other normal cells), however many
+  cells a stage has.
 
 `embed_variables` places an exactly-shaped `CellNet`'s variables into the masked network's (and
 `extract_variables` takes them back out), so that the two compute the same function
 (tests/test_cell_masked.py checks outputs, batch statistics and gradients); `active_mask` marks the
-entries an architecture uses.
+entries an architecture uses. A superkernel is initialized as the exact network initializes the
+chosen operation's kernel (`superkernel`), so a pipeline starts from the same distribution.
 
-Compile time: the program holds every variant of every slot, about 15 ops per slot where the exact
-network has one, so it compiles several times slower than one exact network (CPU, 4 cells of 5
-blocks: forward ~4x, training gradient ~18x). It is paid once per shape, not per architecture.
+Compile and step time (docs/BENCHMARKS.md, "Compile time of the cell network"): the program holds
+every branch of every slot of every kind of cell, so it compiles slower than one exact network, but
+once per shape, not per architecture, and no slower for more cells per stage. XLA:CPU runs
+convolutions inside control flow (switch, scan) on a slow path, so on CPU the exact networks are
+the default for the cell space (`evaluate.resolve_network`). `op_families=False` (one branch per
+operation) and `scan_cells=False` (one module per cell) build the same function without either
+structure, for measurement.
 """
 
 from __future__ import annotations
@@ -54,11 +69,42 @@ from ma2ml_jax.models.cell_net import (
     _bn,
     unused_blocks,
 )
+from ma2ml_jax.models.layers import depthwise
 from ma2ml_jax.models.macro_net import classifier_dropout, drop_path
 from ma2ml_jax.spaces.cell import CELL_OPS, CELL_TYPES, COMBINE, NUM_CELL_INPUTS
 
 _DECISIONS_PER_BLOCK = 5  # inputs/0, inputs/1, ops/0, ops/1, combine (`cell_space` order)
 _IDENTITY = CELL_OPS.index("identity")
+
+# Operation families: the operations of a family share one module (a superkernel); the member is
+# the kernel size the operation uses (its index among the poolings for "pool").
+FAMILIES = ("identity", "pool", "conv", "dil_conv", "factorized", "sep_conv")
+POOLS = ("avg_pool_3x3", "max_pool_3x3", "max_pool_5x5", "max_pool_7x7")
+OP_FAMILY = {
+    "identity": ("identity", 0),
+    "conv_1x3_3x1": ("factorized", 3),
+    "conv_1x7_7x1": ("factorized", 7),
+    "dil_conv_3x3": ("dil_conv", 3),
+    **{p: ("pool", i) for i, p in enumerate(POOLS)},
+    "conv_1x1": ("conv", 1),
+    "conv_3x3": ("conv", 3),
+    "sep_conv_3x3": ("sep_conv", 3),
+    "sep_conv_5x5": ("sep_conv", 5),
+    "sep_conv_7x7": ("sep_conv", 7),
+}
+KERNEL_MAX = {"conv": 3, "factorized": 7, "sep_conv": 7}  # the superkernel's taps per axis
+assert set(OP_FAMILY) == set(CELL_OPS) and {f for f, _ in OP_FAMILY.values()} == set(FAMILIES)
+
+
+def _family_table(family: str) -> np.ndarray:
+    """int32[len(CELL_OPS)]: each op's index into FAMILIES, or, for `family`, its members (other
+    ops get the family's largest member, so an unused branch stays well defined).
+    """
+    if family == "":
+        return np.asarray([FAMILIES.index(OP_FAMILY[op][0]) for op in CELL_OPS], np.int32)
+    members = [m for f, m in OP_FAMILY.values() if f == family]
+    return np.asarray([OP_FAMILY[op][1] if OP_FAMILY[op][0] == family else max(members)
+                       for op in CELL_OPS], np.int32)
 
 
 class CellArrays(NamedTuple):
@@ -160,7 +206,8 @@ class Variant(NamedTuple):
     Attributes:
       name: name of the branch's variables in the switching module ("" for none).
       module: unbound flax module holding the branch's variables, or None.
-      fn: ``fn(run, *operands) -> y``; ``run(x)`` applies `module` with its variables to x.
+      fn: ``fn(run, *operands) -> y``; ``run(*args)`` applies `module` with its variables to
+        args (``module(*args, train)``).
     """
 
     name: str
@@ -196,8 +243,8 @@ def switch_variants(mdl: nn.Module, index: jax.Array, variants: Sequence[Variant
         # of the switch (a jitted init with both took minutes to compile).
         outs = []
         for v in variants:
-            def run(x, v=v):
-                y, variables = v.module.init_with_output(mdl.make_rng("params"), x, False)
+            def run(*args, v=v):
+                y, variables = v.module.init_with_output(mdl.make_rng("params"), *args, False)
                 if "params" in variables:
                     mdl.param(v.name, lambda _, p=variables["params"]: p)
                 if "batch_stats" in variables:
@@ -228,7 +275,7 @@ def switch_variants(mdl: nn.Module, index: jax.Array, variants: Sequence[Variant
     def branch(v, params, stats, *ops):
         new_stats = stats
 
-        def run(x):
+        def run(*args):
             nonlocal new_stats
             variables = {}
             if v.name in param_segments:
@@ -236,8 +283,8 @@ def switch_variants(mdl: nn.Module, index: jax.Array, variants: Sequence[Variant
             if v.name in stat_segments:
                 variables["batch_stats"] = unpack(stats, stat_segments, v.name)
             if not mutable:
-                return v.module.apply(variables, x, train)
-            y, updated = v.module.apply(variables, x, train, mutable=["batch_stats"])
+                return v.module.apply(variables, *args, train)
+            y, updated = v.module.apply(variables, *args, train, mutable=["batch_stats"])
             if v.name in stat_segments:
                 start = stat_segments[v.name][0]
                 flat = jax.flatten_util.ravel_pytree(updated["batch_stats"])[0]
@@ -254,44 +301,227 @@ def switch_variants(mdl: nn.Module, index: jax.Array, variants: Sequence[Variant
     return y
 
 
+# ------------------------------------------------------------------------------ superkernels
+def superkernel(mdl: nn.Module, shape: tuple[int, ...], axes: tuple[int, ...],
+                k: jax.Array) -> jax.Array:
+    """The parameter "kernel" of `shape`, its active taps the centred k along each of `axes`.
+
+    Initialized as `lecun_normal` initializes the k-tap kernel of the chosen operation (the fan-in
+    counts k taps per masked axis, not `shape`'s), so the active taps start from the exact
+    network's distribution.
+
+    Args:
+      mdl: the module that owns the parameter (call from its compact method).
+      shape: the superkernel's shape, e.g. [K, K, C_in, C_out] (odd K).
+      axes: the masked axes, each of size K.
+      k: int32 scalar, the active taps per masked axis (odd, <= K; may be traced).
+
+    Returns:
+      The kernel with the taps outside the centred k x ... x k block zeroed (they get zero
+      gradient).
+    """
+    k_max = shape[axes[0]]
+    k = jnp.asarray(k)
+
+    def init(key, shape, dtype=jnp.float32):
+        w = nn.initializers.lecun_normal()(key, shape, dtype)
+        return w * jnp.sqrt((k_max / k.astype(jnp.float32)) ** len(axes)).astype(dtype)
+
+    w = mdl.param("kernel", init, shape)
+    ring = (k_max - k) // 2
+    taps = jnp.arange(k_max)
+    inside = ((taps >= ring) & (taps < k_max - ring)).astype(w.dtype)
+    for a in axes:
+        w = w * inside.reshape([k_max if i == a else 1 for i in range(w.ndim)])
+    return w
+
+
+class SuperConv(nn.Module):
+    """A convolution without bias whose `kernel_max` taps serve every smaller odd kernel.
+
+    Computes `nn.Conv(features, (k, k) or (1, k) or (k, 1), strides=stride, padding="SAME")` of
+    the centred taps (`superkernel`), or a depthwise convolution (`layers.depthwise`).
+
+    Attributes:
+      features: output channels (depthwise: the input's).
+      kernel_max: (K_h, K_w); axes of size 1 are not masked.
+      stride: (s_h, s_w).
+      depthwise: a depthwise convolution (kernel [K_h, K_w, 1, C]).
+      depthwise_impl: "conv" or "taps" (`layers.depthwise`).
+    """
+
+    features: int
+    kernel_max: tuple[int, int]
+    stride: tuple[int, int]
+    depthwise: bool = False
+    depthwise_impl: str = "conv"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, k: jax.Array) -> jax.Array:
+        """Float[B, H', W', features] of x float[B, H, W, C_in]; k: active taps per masked axis."""
+        axes = tuple(a for a in (0, 1) if self.kernel_max[a] > 1)
+        c_in = 1 if self.depthwise else x.shape[-1]
+        w = superkernel(self, (*self.kernel_max, c_in, self.features), axes, k)
+        for a in axes:
+            # SAME padding centres every odd kernel of >= 3 taps on one input pixel, but a 1-tap
+            # kernel with stride 2 on an even size samples the pixel before that centre.
+            if self.stride[a] == 2 and x.shape[1 + a] % 2 == 0:
+                w = jnp.where(k == 1, jnp.roll(w, -1, axis=a), w)
+        if self.depthwise:
+            return depthwise(x, w.astype(x.dtype), self.stride[0], self.depthwise_impl)
+        return jax.lax.conv_general_dilated(x, w.astype(x.dtype), self.stride, "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class ConvFamily(nn.Module):
+    """conv_1x1 and conv_3x3: ReLU, a 3x3 superkernel, BN (`CellOp`'s ReLUConvBN_0)."""
+
+    features: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x, op, train):
+        k = jnp.asarray(_family_table("conv"))[op]
+        return _ReLUSuperConvBN(self.features, self.stride, name="ReLUConvBN_0")(x, k, train)
+
+
+class _ReLUSuperConvBN(nn.Module):
+    features: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x, k, train):
+        x = SuperConv(self.features, (3, 3), (self.stride,) * 2, name="Conv_0")(nn.relu(x), k)
+        return _bn(train, "BatchNorm_0")(x)
+
+
+class FactorizedFamily(nn.Module):
+    """conv_1x3_3x1 and conv_1x7_7x1: ReLU, a 1x7 then a 7x1 superkernel, BN (as `CellOp`)."""
+
+    features: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x, op, train):
+        k = jnp.asarray(_family_table("factorized"))[op]
+        c, s = self.features, self.stride
+        x = SuperConv(c, (1, 7), (1, s), name="Conv_0")(nn.relu(x), k)
+        return _bn(train, "BatchNorm_0")(SuperConv(c, (7, 1), (s, 1), name="Conv_1")(x, k))
+
+
+class SepConvFamily(nn.Module):
+    """sep_conv_3x3/5x5/7x7: `cell_net.SepConv` with 7x7 depthwise superkernels."""
+
+    features: int
+    stride: int
+    depthwise_impl: str = "conv"
+
+    @nn.compact
+    def __call__(self, x, op, train):
+        k = jnp.asarray(_family_table("sep_conv"))[op]
+        return _SuperSepConv(self.features, self.stride, self.depthwise_impl,
+                             name="SepConv_0")(x, k, train)
+
+
+class _SuperSepConv(nn.Module):
+    features: int
+    stride: int
+    depthwise_impl: str
+
+    @nn.compact
+    def __call__(self, x, k, train):
+        for i, stride in enumerate((self.stride, 1)):
+            x = SuperConv(x.shape[-1], (7, 7), (stride, stride), True, self.depthwise_impl,
+                          name=f"depthwise{i}")(nn.relu(x), k)
+            x = _bn(train, f"bn{i}")(nn.Conv(self.features, (1, 1), use_bias=False,
+                                             name=f"pointwise{i}")(x))
+        return x
+
+
+def _pools(x: jax.Array, op: jax.Array, stride: int) -> jax.Array:
+    """The pooling `op` picks (3x3 average without padded pixels, 3/5/7 max), SAME padding."""
+    s = (stride, stride)
+    branches = [lambda x: nn.avg_pool(x, (3, 3), s, padding="SAME", count_include_pad=False)]
+    branches += [lambda x, k=k: nn.max_pool(x, (k, k), s, padding="SAME") for k in (3, 5, 7)]
+    return jax.lax.switch(jnp.asarray(_family_table("pool"))[op], branches, x)
+
+
+def _family_variant(family: str, features: int, stride: int, operand: int,
+                    depthwise_impl: str) -> Variant:
+    """The branch of `family` with `stride`, applied to operand `operand` (the op index is the
+    last operand).
+    """
+    name = variant_name(family, stride)
+
+    def on_operand(run, *operands):
+        return run(operands[operand], operands[-1])
+
+    if family == "identity":
+        if stride == 1:
+            return Variant(name, None, lambda run, *operands: operands[operand])
+        # A stride-2 identity is CellOp's factorized reduction (variables FactorizedReduce_0).
+        module = CellOp("identity", features, 2, parent=None)
+        return Variant(name, module, lambda run, *operands: run(operands[operand]))
+    if family == "pool":
+        return Variant(name, None,
+                       lambda run, *operands: _pools(operands[operand], operands[-1], stride))
+    if family == "dil_conv":
+        module = CellOp("dil_conv_3x3", features, stride, parent=None)
+        return Variant(name, module, lambda run, *operands: run(operands[operand]))
+    module = {"conv": ConvFamily(features, stride, parent=None),
+              "factorized": FactorizedFamily(features, stride, parent=None),
+              "sep_conv": SepConvFamily(features, stride, depthwise_impl, parent=None)}[family]
+    return Variant(name, module, on_operand)
+
+
 def _on_operand(run, *xs, operand: int):
     return run(xs[operand])
 
 
 class MaskedOpSlot(nn.Module):
-    """One op slot of a block: every (op, stride) variant it can take, run by a switch.
+    """One op slot of a block: every variant it can take, run by a switch.
 
-    Variables: ``{params, batch_stats}/<op>_s<stride>/...``, each the variables of
-    ``CellOp(op, features, stride)`` (parameter-free variants have none).
+    Variables: ``{params, batch_stats}/<family>_s<stride>/...``, each family's module (see
+    `FAMILIES`; a stride-2 identity and dil_conv_3x3 hold `CellOp`'s variables, the poolings and a
+    stride-1 identity none). With `op_families=False`, one variant per operation instead:
+    ``<op>_s<stride>/...``, the variables of ``CellOp(op, features, stride)``.
 
     Attributes:
       features: channels c of the cell.
-      strides: the strides the slot can take; branch `p * 13 + op` applies `CELL_OPS[op]` with
-        stride `strides[p]` to operand p.
+      strides: the strides the slot can take; operand p of the call takes stride `strides[p]`.
       depthwise_impl: "conv" or "taps" (see `cell_net.SepConv`).
+      op_families: one branch per family (True) or per operation.
     """
 
     features: int
     strides: tuple[int, ...]
     depthwise_impl: str = "conv"
+    op_families: bool = True
 
     @nn.compact
-    def __call__(self, xs: tuple[jax.Array, ...], branch: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, xs: tuple[jax.Array, ...], source: jax.Array, op: jax.Array,
+                 train: bool) -> jax.Array:
         """Applies the chosen variant.
 
         Args:
           xs: one input per stride, float[B, H_p, W_p, c]; stride-2 inputs at twice the size.
-          branch: int32 scalar, `p * len(CELL_OPS) + op`.
+          source: int32 scalar, the operand p the op applies to.
+          op: int32 scalar, index into `CELL_OPS`.
           train: batch statistics for BatchNorm.
 
         Returns:
           float[B, H, W, c].
         """
-        variants = [Variant(variant_name(op, s), CellOp(op, self.features, s, self.depthwise_impl,
-                                                       parent=None),
-                            functools.partial(_on_operand, operand=p))
-                    for p, s in enumerate(self.strides) for op in CELL_OPS]
-        return switch_variants(self, branch, variants, xs, train)
+        c, impl = self.features, self.depthwise_impl
+        if not self.op_families:
+            variants = [Variant(variant_name(o, s), CellOp(o, c, s, impl, parent=None),
+                                functools.partial(_on_operand, operand=p))
+                        for p, s in enumerate(self.strides) for o in CELL_OPS]
+            return switch_variants(self, source * len(CELL_OPS) + op, variants, xs, train)
+        variants = [_family_variant(f, c, s, p, impl)
+                    for p, s in enumerate(self.strides) for f in FAMILIES]
+        branch = source * len(FAMILIES) + jnp.asarray(_family_table(""))[op]
+        return switch_variants(self, branch, variants, (*xs, op), train)
 
 
 def _add(run, a, b):
@@ -325,12 +555,17 @@ def _slot_strides(reduction: bool, block: int) -> tuple[int, ...]:
 class MaskedCell(nn.Module):
     """One cell whose blocks are given as arrays (one cell type's slice of `CellArrays`).
 
+    Called as the body of a scan over cells: ``(s0, s1), _ = cell((s0, s1), rate, ...)``
+    returns the next cell's inputs (h_{k-1}, this cell's output).
+
     Attributes:
       features: channels c of the cell.
       num_blocks: blocks per cell.
       reduction: a reduction cell (stride-2 ops on the cell inputs).
       reduce_prev: h_{k-2} has twice the spatial size of h_{k-1}.
       depthwise_impl: "conv" or "taps" (see `cell_net.SepConv`).
+      op_families: see `MaskedOpSlot`.
+      train: batch statistics and stochastic depth.
     """
 
     features: int
@@ -338,31 +573,33 @@ class MaskedCell(nn.Module):
     reduction: bool
     reduce_prev: bool
     depthwise_impl: str = "conv"
+    op_families: bool = True
+    train: bool = False
 
     @nn.compact
-    def __call__(self, s0, s1, inputs, ops, combine, train, drop_path_rate=0.0):
+    def __call__(self, carry, drop_path_rate, inputs, ops, combine):
         """Runs the cell.
 
         Args:
-          s0: float[B, H0, W0, C0], h_{k-2} (H0 = 2 H1 when `reduce_prev`).
-          s1: float[B, H1, W1, C1], h_{k-1}.
-          inputs: int32[num_blocks, 2]; ops: int32[num_blocks, 2]; combine: int32[num_blocks].
-          train: batch statistics and stochastic depth.
+          carry: (s0, s1): s0 float[B, H0, W0, C0], h_{k-2} (H0 = 2 H1 when `reduce_prev`); s1
+            float[B, H1, W1, C1], h_{k-1}.
           drop_path_rate: stochastic-depth rate of this cell (may be traced).
+          inputs: int32[num_blocks, 2]; ops: int32[num_blocks, 2]; combine: int32[num_blocks].
 
         Returns:
-          float[B, H, W, num_blocks * c], block j at channels [j c, (j + 1) c), zero for blocks
-          that another block reads.
+          ((s1, out), None): out float[B, H, W, num_blocks * c], block j at channels
+          [j c, (j + 1) c), zero for blocks that another block reads.
         """
-        c, nb = self.features, self.num_blocks
+        s0, s1 = carry
+        c, nb, train = self.features, self.num_blocks, self.train
         chex.assert_shape([inputs, ops], (nb, 2))
         chex.assert_shape(combine, (nb,))
         pre0 = (FactorizedReduce(c, name="preprocess0") if self.reduce_prev
                 else ReLUConvBN(c, (1, 1), name="preprocess0"))
-        s0 = pre0(s0, train)
-        s1 = ReLUConvBN(c, (1, 1), name="preprocess1")(s1, train)
-        cell_inputs = jnp.stack([s0, s1])  # [2, B, H1, W1, c]
-        batch, height, width = s1.shape[:3]
+        h0 = pre0(s0, train)
+        h1 = ReLUConvBN(c, (1, 1), name="preprocess1")(s1, train)
+        cell_inputs = jnp.stack([h0, h1])  # [2, B, H1, W1, c]
+        batch, height, width = h1.shape[:3]
         if self.reduction:
             height, width = height // 2, width // 2
         # States are written into fixed buffers so that a traced index can read any of them;
@@ -370,30 +607,30 @@ class MaskedCell(nn.Module):
         # cell keeps [h_{k-2}, h_{k-1}, blocks...] in one buffer; in a reduction cell the block
         # outputs are half the size of the cell inputs, so they get their own buffer.
         if self.reduction:
-            states = jnp.zeros((nb, batch, height, width, c), s1.dtype)
+            states = jnp.zeros((nb, batch, height, width, c), h1.dtype)
             offset = 0
         else:
-            states = jnp.concatenate([cell_inputs, jnp.zeros((nb,) + s1.shape, s1.dtype)])
+            states = jnp.concatenate([cell_inputs, jnp.zeros((nb,) + h1.shape, h1.dtype)])
             offset = NUM_CELL_INPUTS
         for b in range(nb):
             strides = _slot_strides(self.reduction, b)
             outs = []
             for j in range(2):
                 i, op = inputs[b, j], ops[b, j]
+                source = jnp.zeros((), jnp.int32)
                 if not self.reduction:
                     xs = (jax.lax.dynamic_index_in_dim(states, i, keepdims=False),)
-                    branch = op
                 elif b == 0:
                     xs = (jax.lax.dynamic_index_in_dim(cell_inputs, i, keepdims=False),)
-                    branch = op
                 else:
                     xs = (jax.lax.dynamic_index_in_dim(cell_inputs, jnp.minimum(i, 1),
                                                        keepdims=False),
                           jax.lax.dynamic_index_in_dim(states, jnp.maximum(i - NUM_CELL_INPUTS, 0),
                                                        keepdims=False))
-                    branch = (i >= NUM_CELL_INPUTS).astype(jnp.int32) * len(CELL_OPS) + op
-                slot = MaskedOpSlot(c, strides, self.depthwise_impl, name=f"block{b}_op{j}")
-                h = slot(xs, branch, train)
+                    source = (i >= NUM_CELL_INPUTS).astype(jnp.int32)
+                slot = MaskedOpSlot(c, strides, self.depthwise_impl, self.op_families,
+                                    name=f"block{b}_op{j}")
+                h = slot(xs, source, op, train)
                 if train:
                     # As in CellNet: stochastic depth on every op output but identity.
                     dropped = drop_path(h, drop_path_rate, self.make_rng("dropout"))
@@ -405,7 +642,66 @@ class MaskedCell(nn.Module):
         unused = unused_mask(inputs)
         blocks = jnp.where(unused[:, None, None, None, None], blocks, 0.0)
         # [nb, B, H, W, c] -> [B, H, W, nb * c], block j at slice j.
-        return jnp.moveaxis(blocks, 0, -2).reshape(batch, height, width, nb * c)
+        out = jnp.moveaxis(blocks, 0, -2).reshape(batch, height, width, nb * c)
+        return (s1, out), None
+
+
+class CellRun(NamedTuple):
+    """Consecutive cells first..last (1-based) of one kind: one module, scanned when several.
+
+    Attributes:
+      first, last: the cells of the run.
+      features: channels c of its cells.
+      reduction: reduction cells (stride-2 ops on the cell inputs).
+      reduce_prev: h_{k-2} has twice the spatial size of h_{k-1}.
+    """
+
+    first: int
+    last: int
+    features: int
+    reduction: bool
+    reduce_prev: bool
+
+    @property
+    def name(self) -> str:
+        """The module name: "cell<k>" for one cell, "cells<first>_<last>" for a scanned run."""
+        return f"cell{self.first}" if self.first == self.last else \
+            f"cells{self.first}_{self.last}"
+
+    @property
+    def cells(self) -> range:
+        return range(self.first, self.last + 1)
+
+
+def cell_runs(cells: int, reduction_cells: Sequence[int], channels: int, num_blocks: int,
+              stem_multiplier: int, scan: bool = True) -> tuple[CellRun, ...]:
+    """The network's cells grouped into runs of one kind (one compiled body each).
+
+    Cells k and k + 1 share a kind when they see inputs of the same shapes and have the same
+    channels and cell type; then both inputs and the output of each have one shape, and the run
+    is a scan. With `scan=False` every cell is its own run.
+
+    Returns:
+      The runs in order; e.g. 17 cells with reductions at 6 and 12 (5 blocks): cell1, cell2,
+      cells3_5, cell6, cell7, cells8_11, cell12, cell13, cells14_17.
+    """
+    stem = (stem_multiplier * channels, 0)  # (channels, reductions so far) of a state
+    states, c, level = (stem, stem), channels, 0
+    runs: list[CellRun] = []
+    last_key = None
+    for k in range(1, cells + 1):
+        reduction = k in reduction_cells
+        if reduction:
+            c, level = 2 * c, level + 1
+        reduce_prev = states[0][1] < states[1][1]
+        key = (reduction, c, states)
+        if scan and key == last_key:
+            runs[-1] = runs[-1]._replace(last=k)
+        else:
+            runs.append(CellRun(k, k, c, reduction, reduce_prev))
+        last_key = key
+        states = (states[1], (num_blocks * c, level))
+    return tuple(runs)
 
 
 class MaskedCellNet(nn.Module):
@@ -416,6 +712,10 @@ class MaskedCellNet(nn.Module):
     ``rngs={"dropout": key}`` and ``mutable=["batch_stats"]``. Batch statistics of op variants
     not chosen stay unchanged.
 
+    Variables: stem, bn_stem, classifier, and one module per `CellRun`: "cell<k>" for a single
+    cell, "cells<first>_<last>" for a scanned run, each of its leaves stacked over the run's cells
+    on a leading axis.
+
     Attributes:
       num_classes: classifier outputs.
       cells: number of cells.
@@ -425,6 +725,8 @@ class MaskedCellNet(nn.Module):
       stem_multiplier: the stem has `stem_multiplier * channels` channels.
       depthwise_impl: "conv" (XLA's grouped convolution) or "taps" (shifted multiply-adds, the
         fast choice on CPU; same parameters and function).
+      op_families: one branch per operation family with a superkernel (True) or per operation.
+      scan_cells: cells of one kind as one `nn.scan` (True) or one module per cell.
     """
 
     num_classes: int
@@ -434,6 +736,12 @@ class MaskedCellNet(nn.Module):
     num_blocks: int = 5
     stem_multiplier: int = 3
     depthwise_impl: str = "conv"
+    op_families: bool = True
+    scan_cells: bool = True
+
+    def runs(self) -> tuple[CellRun, ...]:
+        return cell_runs(self.cells, self.reduction_cells, self.channels, self.num_blocks,
+                         self.stem_multiplier, self.scan_cells)
 
     @nn.compact
     def __call__(self, x, train: bool = False, dropout=0.0, drop_path_rate=0.0,
@@ -446,77 +754,127 @@ class MaskedCellNet(nn.Module):
         chex.assert_shape(arch.combine, (len(CELL_TYPES), nb))
         x = nn.Conv(self.channels * self.stem_multiplier, (3, 3), use_bias=False, name="stem")(x)
         x = _bn(train, "bn_stem")(x)
-        s0 = s1 = x
-        c, reduce_prev = self.channels, False
-        for k in range(1, self.cells + 1):
-            reduction = k in self.reduction_cells
-            if reduction:
-                c *= 2
-            rate = drop_path_rate * (k - 1) / max(1, self.cells - 1)
-            t = int(reduction)
-            cell = MaskedCell(c, nb, reduction, reduce_prev, self.depthwise_impl, name=f"cell{k}")
-            s0, s1 = s1, cell(s0, s1, arch.inputs[t], arch.ops[t], arch.combine[t], train, rate)
-            reduce_prev = reduction
-        x = s1.mean(axis=(1, 2))
+        carry = (x, x)
+        for run in self.runs():
+            t = int(run.reduction)
+            cell_arch = (arch.inputs[t], arch.ops[t], arch.combine[t])
+            # Stochastic depth grows linearly with depth, as in CellNet.
+            rates = drop_path_rate * jnp.asarray([(k - 1) / max(1, self.cells - 1)
+                                                  for k in run.cells], jnp.float32)
+            settings = dict(features=run.features, num_blocks=nb, reduction=run.reduction,
+                            reduce_prev=run.reduce_prev, depthwise_impl=self.depthwise_impl,
+                            op_families=self.op_families, train=train, name=run.name)
+            if len(run.cells) == 1:
+                carry, _ = MaskedCell(**settings)(carry, rates[0], *cell_arch)
+                continue
+            scanned = nn.scan(MaskedCell, variable_axes={"params": 0, "batch_stats": 0},
+                              split_rngs={"params": True, "dropout": True},
+                              in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+                              length=len(run.cells))
+            carry, _ = scanned(**settings)(carry, rates, *cell_arch)
+        x = carry[1].mean(axis=(1, 2))
         if train:
             x = classifier_dropout(x, dropout, self.make_rng("dropout"))
         return nn.Dense(self.num_classes, name="classifier")(x)
 
 
 # --------------------------------------------------------------------------------- embedding
+class _Place(NamedTuple):
+    """Where an exact network's array lives in a masked one: ``masked[cell][index]``.
+
+    Attributes:
+      cell: position along the stacked-cells axis of a scanned run; None for other leaves.
+      path: the exact network's variable path.
+      index: index into the (per-cell) masked leaf; None for the whole leaf.
+    """
+
+    cell: int | None
+    path: tuple[str, ...]
+    index: tuple | None
+
+
 def _output_rows(blocks, channels: int) -> np.ndarray:
     """Channels of the masked cell output that hold the exact cell output's, in order."""
     return np.concatenate([np.arange(j * channels, (j + 1) * channels)
                            for j in unused_blocks(blocks)])
 
 
+def _rows(rows: np.ndarray | None) -> tuple | None:
+    """Index of a kernel's input rows (axis -2 of [..., C_in, C_out])."""
+    return None if rows is None else (Ellipsis, rows, slice(None))
+
+
+def _superkernel_index(family: str, op: str, rest: tuple[str, ...]) -> tuple | None:
+    """Index of the exact op's kernel in its family's superkernel (None: the whole leaf)."""
+    if rest[-1] != "kernel" or family not in KERNEL_MAX or "pointwise" in rest[-2]:
+        return None
+    k_max, k = KERNEL_MAX[family], OP_FAMILY[op][1]
+    taps = slice((k_max - k) // 2, (k_max + k) // 2)
+    if family == "factorized":  # Conv_0 is 1 x k, Conv_1 is k x 1
+        return (slice(None), taps) if rest[0] == "Conv_0" else (taps,)
+    return (taps, taps)
+
+
 def _masked_to_exact(net: MaskedCellNet, arch: CellArch):
-    """Maps a masked variable path to its exact `CellNet` path and kernel input rows.
+    """Maps a masked variable path to where the exact `CellNet`'s arrays live in it.
 
     Returns:
-      A function ``path -> (exact_path, rows)``: exact_path is None for variables the
-      architecture does not use; rows (int[C_in_exact] or None), for a kernel reading a cell
-      output, are the masked kernel's input rows holding the exact kernel's rows, in order.
+      A function ``path -> [_Place]``: empty for variables the architecture does not use; one
+      place per cell of a scanned run that uses it.
     """
+    runs = {run.name: run for run in net.runs()}
     channels, blocks_of = {}, {}
-    c = net.channels
-    for k in range(1, net.cells + 1):
-        if k in net.reduction_cells:
-            c *= 2
-        channels[k] = c
-        blocks_of[k] = arch.reduction if k in net.reduction_cells else arch.normal
+    for run in runs.values():
+        for k in run.cells:
+            channels[k] = run.features
+            blocks_of[k] = arch.reduction if run.reduction else arch.normal
 
     def cell_output_rows(m):  # m < 1 is the stem, equally wide in both networks
         return _output_rows(blocks_of[m], channels[m]) if m >= 1 else None
 
-    def mapping(path: tuple[str, ...]):
-        head, is_kernel = path[0], path[-1] == "kernel"
-        if head in ("stem", "bn_stem"):
-            return path, None
-        if head == "classifier":
-            return path, cell_output_rows(net.cells) if is_kernel else None
-        k = int(head.removeprefix("cell"))
-        reduction, reduce_prev = k in net.reduction_cells, (k - 1) in net.reduction_cells
-        sub = path[1]
+    def in_cell(run: CellRun, k: int, path: tuple[str, ...]):
+        """(exact path, index) of a path inside cell k's module, or (None, None)."""
+        head, sub, is_kernel = f"cell{k}", path[0], path[-1] == "kernel"
         if sub.startswith("preprocess"):
             which = int(sub.removeprefix("preprocess"))
             # CellNet names its preprocessing modules automatically, by class and call order.
             if which == 0:
-                name = "FactorizedReduce_0" if reduce_prev else "ReLUConvBN_0"
+                name = "FactorizedReduce_0" if run.reduce_prev else "ReLUConvBN_0"
             else:
-                name = "ReLUConvBN_0" if reduce_prev else "ReLUConvBN_1"
+                name = "ReLUConvBN_0" if run.reduce_prev else "ReLUConvBN_1"
             rows = cell_output_rows(k - 2 + which) if is_kernel else None
-            return (head, name) + path[2:], rows
+            return (head, name) + path[1:], _rows(rows)
         b_str, kind = sub.removeprefix("block").split("_", 1)
         block = blocks_of[k][int(b_str)]
-        if kind == "combine":  # path[2] == "concat"
-            return ((head, f"block{b_str}_concat") + path[3:] if block.combine == "concat"
+        if kind == "combine":  # path[1] == "concat"
+            return ((head, f"block{b_str}_concat") + path[2:] if block.combine == "concat"
                     else None), None
         j = int(kind.removeprefix("op"))
-        stride = 2 if reduction and block.inputs[j] < NUM_CELL_INPUTS else 1
-        if path[2] != variant_name(block.ops[j], stride):
+        op = block.ops[j]
+        stride = 2 if run.reduction and block.inputs[j] < NUM_CELL_INPUTS else 1
+        if not net.op_families:
+            return ((head, sub) + path[2:], None) if path[1] == variant_name(op, stride) \
+                else (None, None)
+        family = OP_FAMILY[op][0]
+        if path[1] != variant_name(family, stride):
             return None, None
-        return (head, sub) + path[3:], None
+        return (head, sub) + path[2:], _superkernel_index(family, op, path[2:])
+
+    def mapping(path: tuple[str, ...]) -> list[_Place]:
+        head, is_kernel = path[0], path[-1] == "kernel"
+        if head in ("stem", "bn_stem"):
+            return [_Place(None, path, None)]
+        if head == "classifier":
+            return [_Place(None, path, _rows(cell_output_rows(net.cells)) if is_kernel
+                           else None)]
+        run = runs[head]
+        stacked = len(run.cells) > 1
+        places = []
+        for i, k in enumerate(run.cells):
+            exact_path, index = in_cell(run, k, path[1:])
+            if exact_path is not None:
+                places.append(_Place(i if stacked else None, exact_path, index))
+        return places
 
     return mapping
 
@@ -530,8 +888,21 @@ def _as_arch(arch, net: MaskedCellNet) -> CellArch:
     return arch
 
 
-def _select_rows(x, rows):
-    return x if rows is None else x[..., rows, :]  # kernel [..., C_in, C_out]
+def _take(leaf, place: _Place):
+    per_cell = leaf if place.cell is None else leaf[place.cell]
+    return per_cell if place.index is None else per_cell[place.index]
+
+
+def _put(leaf, place: _Place, value):
+    per_cell = leaf if place.cell is None else leaf[place.cell]
+    value = jnp.asarray(value, leaf.dtype)
+    if place.index is None:
+        chex.assert_equal_shape([per_cell, value])
+        per_cell = value
+    else:
+        chex.assert_equal_shape([per_cell[place.index], value])
+        per_cell = per_cell.at[place.index].set(value)
+    return per_cell if place.cell is None else leaf.at[place.cell].set(per_cell)
 
 
 def embed_variables(exact_variables: Mapping[str, Any], arch: Mapping[str, Any] | CellArch,
@@ -539,8 +910,9 @@ def embed_variables(exact_variables: Mapping[str, Any], arch: Mapping[str, Any] 
     """Places an exactly-shaped `CellNet`'s variables into a `MaskedCellNet`'s.
 
     The result computes, with ``arch=cell_arrays(arch)``, the same function as the exact network.
-    Entries the architecture does not use (other op variants, unused concat convolutions, kernel
-    rows of zeroed cell-output slices) keep their values from `masked_variables`.
+    Entries the architecture does not use (other op families, unused concat convolutions, kernel
+    rows of zeroed cell-output slices, the outer taps of a superkernel) keep their values from
+    `masked_variables`.
 
     Args:
       exact_variables: variables of ``CellNet(CellArch.from_config(arch), ...)`` with the same
@@ -558,16 +930,14 @@ def embed_variables(exact_variables: Mapping[str, Any], arch: Mapping[str, Any] 
         exact = traverse_util.flatten_dict(exact_variables.get(col, {}))
         flat, used = {}, set()
         for path, leaf in traverse_util.flatten_dict(template).items():
-            exact_path, rows = mapping(path)
-            if exact_path is None:
-                flat[path] = leaf
-                continue
-            if exact_path not in exact:
-                raise ValueError(f"{col}/{'/'.join(exact_path)} missing from the exact variables")
-            value = jnp.asarray(exact[exact_path], leaf.dtype)
-            used.add(exact_path)
-            flat[path] = leaf.at[..., rows, :].set(value) if rows is not None else value
-            chex.assert_equal_shape([flat[path], leaf])
+            value = jnp.asarray(leaf)
+            for place in mapping(path):
+                if place.path not in exact:
+                    raise ValueError(f"{col}/{'/'.join(place.path)} missing from the exact "
+                                     "variables")
+                used.add(place.path)
+                value = _put(value, place, exact[place.path])
+            flat[path] = value
         if set(exact) - used:
             raise ValueError(f"exact {col} variables with no masked place: {set(exact) - used}")
         out[col] = traverse_util.unflatten_dict(flat)
@@ -591,9 +961,8 @@ def extract_variables(masked_variables: Mapping[str, Any], arch: Mapping[str, An
     for col, tree in masked_variables.items():
         flat = {}
         for path, leaf in traverse_util.flatten_dict(tree).items():
-            exact_path, rows = mapping(path)
-            if exact_path is not None:
-                flat[exact_path] = _select_rows(leaf, rows)
+            for place in mapping(path):
+                flat[place.path] = _take(leaf, place)
         out[col] = traverse_util.unflatten_dict(flat)
     return out
 
@@ -615,11 +984,10 @@ def active_mask(masked_variables: Mapping[str, Any], arch: Mapping[str, Any] | C
     for col, tree in masked_variables.items():
         flat = {}
         for path, leaf in traverse_util.flatten_dict(tree).items():
-            exact_path, rows = mapping(path)
-            mask = np.full(np.shape(leaf), exact_path is not None)
-            if exact_path is not None and rows is not None:
-                mask[:] = False
-                mask[..., rows, :] = True
+            mask = np.zeros(np.shape(leaf), bool)
+            for place in mapping(path):
+                per_cell = mask if place.cell is None else mask[place.cell]  # a view
+                per_cell[... if place.index is None else place.index] = True
             flat[path] = mask
         out[col] = traverse_util.unflatten_dict(flat)
     return out

@@ -121,6 +121,14 @@ VARIANTS: dict[str, MacroSpec] = {
     # so three stride-2 stages take 32x32 to 4x4 (as CIFAR versions of MobileNetV2 do).
     "cifar": MacroSpec(resolution=(32,), stem_width=_grid(16, 24, 2), stem_stride=1,
                        stages=_fbnetv3_stages((1, 2, 2, 1, 2)), head_width=(1984,)),
+    # CIFAR-sized images on a CPU (configs/imagenet200.py:local): FBNetV3's stage pattern in
+    # miniature, a stride-2 stem (32x32 -> 16x16), an expansion-1 stage, two searched stages, the
+    # last with squeeze-excitation (16x16 -> 8x8 -> 4x4).
+    "cifar_tiny": MacroSpec(resolution=(32,), stem_width=(8, 16), stem_stride=2,
+                            stages=(StageSpec((3,), (1,), (8, 16), (1, 2), 1, False),
+                                    StageSpec((3, 5), (2, 4), (16, 24), (1, 2), 2, False),
+                                    StageSpec((3, 5), (2, 4), (24, 32), (1, 2), 2, True)),
+                            head_width=(64, 128)),
     # 8x8 digits on a CPU: stem + three small stages (8x8 -> 4x4 -> 2x2).
     "tiny": MacroSpec(resolution=(8,), stem_width=(8, 16), stem_stride=1,
                       stages=(StageSpec((3, 5), (1, 2), (8, 16), (1, 2), 1, False),
@@ -193,8 +201,9 @@ def macro_space(variant: str) -> MacroSpace:
     """The FBNetV3-style macro space of one variant.
 
     Args:
-      variant: "imagenet" (FBNetV3's space, 224-272 px), "cifar" (the same stages at 32 px) or
-        "tiny" (8x8 digits: stem + 3 small stages).
+      variant: "imagenet" (FBNetV3's space, 224-272 px), "cifar" (the same stages at 32 px),
+        "cifar_tiny" (32 px, stem + 3 small stages, for a CPU) or "tiny" (8x8 digits: stem + 3
+        small stages).
 
     Returns:
       A `MacroSpace` named "macro".
