@@ -2,7 +2,7 @@
 
 After every iteration the driver saves the searcher state (policies, target policies, critic,
 optimizer states, replay buffer, random keys, iteration: whatever pytree the searcher keeps), the
-driver's repeat counters and the evaluator's state (`evaluate.Evaluator`: the layerwise
+driver's repeat counters and the evaluator's state (`evaluator.Evaluator`: the layerwise
 evaluator's epochs per episode; nothing for an evaluator without state) under
 `workdir/checkpoints/<iteration>`. On resume it restores the newest checkpoint not ahead of the
 trial log and replays only the logged iterations after it through ask/tell and the evaluator's

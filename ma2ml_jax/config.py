@@ -12,12 +12,15 @@ import math
 
 import ml_collections
 
+from ma2ml_jax.agents import ALGORITHMS, REPEAT_AWARE
+from ma2ml_jax.agents.evolution import EvolutionConfig
+from ma2ml_jax.agents.lite import LiteConfig
+from ma2ml_jax.agents.ma2ml import MA2MLConfig
+from ma2ml_jax.agents.qlearning import QLearningConfig
 from ma2ml_jax.errors import ConfigError, choices
 
-ALGORITHMS = ("random", "tpe", "ma2ml", "ma2ml_onpolicy", "lite", "qlearning", "evolution",
-              "local")
-# Searchers whose ask is pure and whose tell takes any batch size (agents.repeats).
-REPEAT_AWARE = ("random", "ma2ml", "ma2ml_onpolicy", "lite", "evolution", "local")
+__all__ = ["ALGORITHMS", "REPEAT_AWARE", "base_config", "validate"]
+
 REWARDS = ("accuracy", "mnas", "linear", "iranfar")
 NETWORKS = ("auto", "masked", "exact")
 STRATEGIES = ("auto", "loop", "unrolled", "vmap", "map")
@@ -67,56 +70,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.search.checkpoint = True  # orbax checkpoint of the searcher state after every iteration
     c.search.repeat_rounds = 10  # asks for replacements before a repeat is evaluated again
 
-    # MA2ML (agents.ma2ml; docs/BENCHMARKS.md has the sweep behind these defaults).
-    c.ma2ml = ml_collections.ConfigDict()
-    c.ma2ml.policy = "factorized"  # factorized | autoregressive (a GRU controller)
-    c.ma2ml.hidden = 64  # autoregressive controller width
-    c.ma2ml.lam = 3.0  # lambda: weight of log(pi/rho) (12)-(13), the brake on policy moves
-    c.ma2ml.tau = 0.1  # Polyak rate of the target policies (14)
-    c.ma2ml.num_alternatives = 8  # K: alternative actions per agent in the baseline (12)
-    c.ma2ml.actor_lr = 0.02  # lam and actor_lr: the defaults sweep, docs/BENCHMARKS.md
-    c.ma2ml.critic_lr = 3e-3
-    c.ma2ml.updates = 10  # update steps (critic, actors, targets) per iteration
-    c.ma2ml.critic_batch = 64
-    c.ma2ml.actor_batch = 32
-    c.ma2ml.actor_actions = "fresh"  # fresh (sampled from pi, scored by the critic) | replay
-    c.ma2ml.critic_hidden = (64, 64)
-    c.ma2ml.replay_capacity = 4096
-    c.ma2ml.entropy = 0.0  # entropy bonus (0: the paper's objective)
-    c.ma2ml.critic_steps = 1  # critic steps (11) per update step
-    c.ma2ml.ensemble = 1  # critic members, each on its own bootstrap mini-batches (1: the paper's)
-    # Which pipelines are evaluated: policy (P samples of the policies, the paper's Algorithm 1)
-    # | screened (the P best never-evaluated candidates by the critic ensemble; agents.screening)
-    c.ma2ml.proposal = "policy"
-    c.ma2ml.candidates = 512  # screened: policy samples scored per iteration
-    c.ma2ml.uniform_candidates = 0  # screened: uniform samples scored per iteration
-    c.ma2ml.parents = 3  # screened: best pipelines so far whose one-decision neighbours are scored
-    c.ma2ml.acquisition = "ucb"  # screened: ucb (mean + beta * std of the members) | thompson
-    c.ma2ml.beta = 1.0  # screened: UCB's weight of the members' standard deviation
-
-    # MA2ML-Lite (agents.lite): per-agent REINFORCE, EMA reward baseline.
-    c.lite = ml_collections.ConfigDict()
-    c.lite.policy = "factorized"
-    c.lite.hidden = 64
-    c.lite.lr = 0.1
-    c.lite.baseline_decay = 0.9
-    c.lite.updates = 1
-
-    # Regularized evolution (agents.evolution; Real et al. 2019), NASLib's defaults.
-    c.evolution = ml_collections.ConfigDict()
-    c.evolution.population = 30  # the newest told pipelines; uniform samples until it is full
-    c.evolution.tournament = 10  # members drawn (with replacement) per child, in [1, population]
-
-    # Iranfar et al.'s per-layer multi-agent Q-learning (agents.qlearning; Sec. VI).
-    c.qlearning = ml_collections.ConfigDict()
-    c.qlearning.alpha = 0.95  # learning rate of the exploration phase (Sec. VI-B)
-    c.qlearning.alpha_decay = 0.999  # eq. (3): alpha <- alpha * 0.999^n after exploration
-    c.qlearning.alpha_schedule = "compound"  # compound: eq. (3) as written | exponential: a0*d^n
-    c.qlearning.gamma = 1.0  # discount of the next Q-table's max (Alg. 2 line 8; MetaQNN's 1)
-    c.qlearning.epsilon_decay = 0.99  # epsilon = 0.99^n in exploration-exploitation (Sec. VIII-G)
-    c.qlearning.epsilon_min = 0.0
-    c.qlearning.min_exploration = 0  # exploration episodes at least (the paper: 500 for VGG-16)
-    c.qlearning.memory = 16384  # hyper-parameter sets remembered (no update on a repeat)
+    # The searchers' hyper-parameters: the fields and defaults of their config NamedTuples
+    # (agents.ma2ml.MA2MLConfig, lite.LiteConfig, evolution.EvolutionConfig,
+    # qlearning.QLearningConfig), where each is documented; docs/BENCHMARKS.md has the sweeps
+    # behind MA2ML's and MA2ML-Lite's.
+    c.ma2ml = _section(MA2MLConfig, exclude=("on_policy",))  # on_policy: search.algorithm
+    c.lite = _section(LiteConfig)
+    c.evolution = _section(EvolutionConfig)
+    c.qlearning = _section(QLearningConfig)
 
     # Proxy-network training that produces each pipeline's reward.
     c.evaluate = ml_collections.ConfigDict()
@@ -191,6 +152,12 @@ def base_config() -> ml_collections.ConfigDict:
     # reward.kind='mnas': flops_target x (5/6, 1, 7/6).
     c.retrain.flops_budgets = ()
     return c
+
+
+def _section(cls, exclude: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """A config section holding the defaults of a searcher's config NamedTuple."""
+    return ml_collections.ConfigDict({k: v for k, v in cls._field_defaults.items()
+                                      if k not in exclude})
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -11,7 +11,7 @@ and is not touched: its pipelines share one program and train together, so one p
 restart or slow batches cannot be acted on without stopping the others.
 
 Each architecture is an exactly-shaped network compiled once (kept in a small cache: exploitation
-revisits architectures). The recipe is fixed (`evaluate.DEFAULT_RECIPE`: SGD with momentum, as
+revisits architectures). The recipe is fixed (`evaluator.DEFAULT_RECIPE`: SGD with momentum, as
 the paper's Table II) at a constant learning rate (the number of epochs is not known in advance,
 so there is no schedule to anneal); no augmentation agent.
 
@@ -22,7 +22,7 @@ of epochs of the next episode).
 
 The number of epochs per episode is the evaluator's state (`termination.EpochBudget`, threaded
 through the pipelines of an iteration in order): `make_layerwise_evaluator_with_state` returns an
-`evaluate.Evaluator` whose state the search saves with its checkpoints and rebuilds on resume from
+`evaluator.Evaluator` whose state the search saves with its checkpoints and rebuilds on resume from
 the logged next_epochs, so that a resumed search trains the epochs the uninterrupted one would.
 """
 
@@ -40,7 +40,7 @@ import numpy as np
 from ma2ml_jax import augment, cost, proxy, sharded, termination
 from ma2ml_jax.config import steps_per_epoch
 from ma2ml_jax.data import Dataset
-from ma2ml_jax.evaluate import DEFAULT_RECIPE, Evaluator, _padded_batches, carrying_state
+from ma2ml_jax.evaluator import DEFAULT_RECIPE, Evaluator, carrying_state, padded_batches
 from ma2ml_jax.models import layerwise_net
 from ma2ml_jax.spaces import PipelineSpace
 from ma2ml_jax.spaces import layerwise as layerwise_space
@@ -73,7 +73,7 @@ def make_layerwise_evaluator_with_state(config: ml_collections.ConfigDict, datas
                                         clock: termination.Clock = time.perf_counter,
                                         compiled: collections.OrderedDict | None = None
                                         ) -> Evaluator:
-    """Returns the `evaluate.Evaluator` of decoded layerwise pipelines; its state is the
+    """Returns the `evaluator.Evaluator` of decoded layerwise pipelines; its state is the
     `termination.EpochBudget` of the next episode.
 
     Args:
@@ -93,7 +93,7 @@ def make_layerwise_evaluator_with_state(config: ml_collections.ConfigDict, datas
     policy = augment.Policy(np.zeros((1, 2), np.int32), np.zeros((1, 2), np.float32),
                             np.zeros((1, 2), np.int32))
     x_train, y_train = jax.numpy.asarray(dataset.x_train), jax.numpy.asarray(dataset.y_train)
-    val_batches = list(zip(*_padded_batches(dataset.x_val, dataset.y_val, ev.eval_batch_size)))
+    val_batches = list(zip(*padded_batches(dataset.x_val, dataset.y_val, ev.eval_batch_size)))
     compiled = collections.OrderedDict() if compiled is None else compiled
     valid_one = np.ones((1,), bool)
 

@@ -17,29 +17,28 @@ reads each workdir's `trials.jsonl` (and `config.json` for its label) and writes
     summary.md      per workdir: algorithm, pipelines, failures, best reward, the top-5 pipelines
                     decoded, the most settled decisions; links to the plots
 
-During a search, `search.run` writes per-iteration scalars (`iteration_scalars`) as TensorBoard
-event files with `ma2ml_jax.tensorboard.ScalarWriter` (no TensorFlow needed).
+During a search, `search.run` writes per-iteration scalars (`workdir.iteration_scalars`) as
+TensorBoard event files with `ma2ml_jax.tensorboard.ScalarWriter` (no TensorFlow needed).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import os
 import re
 import sys
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from ma2ml_jax import cli
+from ma2ml_jax import workdir as workdir_lib
 from ma2ml_jax.errors import EXIT_USER_ERROR, UserError
 
-TRIALS = "trials.jsonl"  # search.TRIALS; not imported, so that search.py can import this module
-CONFIG = "config.json"
 SUMMARY = "summary.md"
 TOP_SHOWN = 5  # pipelines decoded per workdir in summary.md
 MIN_ENTROPY_SAMPLES = 8  # pipelines per column of the action heatmap at least
@@ -82,15 +81,8 @@ class Columns(NamedTuple):
 # ---------------------------------------------------------------------------------- reading
 def load_run(workdir: str) -> Run:
     """Reads a workdir; raises UserError (one line) for a missing dir or a missing/bad log."""
-    if not os.path.isdir(workdir):
-        raise UserError(f"no such workdir: {workdir}")
-    path = os.path.join(workdir, TRIALS)
-    if not os.path.isfile(path):
-        raise UserError(f"{workdir} has no {TRIALS}: not a search workdir, or nothing evaluated")
-    trials, torn = _read_trial_log(path)
-    if not trials:
-        raise UserError(f"{path} holds no complete trial: nothing to report yet")
-    config = _read_config(os.path.join(workdir, CONFIG))
+    trials, torn = workdir_lib.require_trials(workdir)
+    config = _read_config(workdir)
     algorithm = config.get("search", {}).get("algorithm") if config else None
     seed = config.get("seed") if config else None
     space = _space_from_config(config, trials)
@@ -108,37 +100,11 @@ def load_runs(workdirs: Sequence[str]) -> list[Run]:
             and r.label != _dir_name(r.workdir) else r for r in runs]
 
 
-def _read_trial_log(path: str) -> tuple[list[dict[str, Any]], bool]:
-    """Records of a trial log; a bad last line is a kill mid-write (left out), else an error."""
+def _read_config(workdir: str) -> dict[str, Any] | None:
     try:
-        with open(path) as f:
-            lines = [(n, s) for n, s in enumerate(f.read().split("\n"), 1) if s.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from e
-    trials, torn = [], False
-    for i, (n, line) in enumerate(lines):
-        try:
-            t = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                torn = True
-                break
-            raise UserError(f"{path} line {n} is not valid JSON (only the last line of a killed "
-                            "run may be cut)") from None
-        if not isinstance(t, dict) or not {"iteration", "reward"} <= set(t):
-            raise UserError(f"{path} line {n} is not a trial record (needs 'iteration' and "
-                            "'reward')")
-        trials.append(t)
-    return trials, torn
-
-
-def _read_config(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (OSError, ValueError):
+        return workdir_lib.read_config(workdir)
+    except UserError:
         return None  # labels fall back to the directory name
-    return config if isinstance(config, dict) else None
 
 
 def _space_from_config(config, trials):
@@ -146,11 +112,9 @@ def _space_from_config(config, trials):
     if not config or "spaces" not in config:
         return None
     try:
-        import ml_collections
+        from ma2ml_jax import spaces  # lazily: a report without a space needs no JAX
 
-        from ma2ml_jax import search  # lazily: search.py may import this module
-
-        space = search.make_pipeline_space(ml_collections.ConfigDict(config["spaces"]))
+        space = spaces.make_pipeline_space(config["spaces"])
     except Exception:  # a config from another version: the report goes on with token numbers
         return None
     tokens = trials[0].get("tokens") or {}
@@ -299,26 +263,6 @@ def action_entropy(run: Run) -> ActionEntropy | None:
                          np.concatenate(blocks), rows,
                          np.array([c.argmax() for c in counts]),
                          np.array([c.max() / c.sum() for c in counts]))
-
-
-def iteration_scalars(new: Sequence[Mapping[str, Any]], trials: Sequence[Mapping[str, Any]],
-                      top_k: int = 10) -> dict[str, float]:
-    """TensorBoard scalars of one search iteration.
-
-    Args:
-      new: the trial records of this iteration.
-      trials: every trial record so far, this iteration's included.
-      top_k: k of the `reward/top{k}_so_far` curve (Figure 4).
-    """
-    reward = np.array([t["reward"] for t in new], float)
-    every = np.array([t["reward"] for t in trials], float)
-    every = np.sort(every[np.isfinite(every)])[::-1]
-    return {"reward/mean": float(np.nanmean(reward)) if np.isfinite(reward).any() else math.nan,
-            "reward/max": float(np.nanmax(reward)) if np.isfinite(reward).any() else math.nan,
-            "reward/best_so_far": float(every[0]) if every.size else math.nan,
-            f"reward/top{top_k}_so_far": float(every[:top_k].mean()) if every.size else math.nan,
-            "accuracy/max": float(max((t.get("accuracy") or 0.0) for t in new)),
-            "failures/fraction": float(np.mean([t.get("failure") is not None for t in new]))}
 
 
 # ---------------------------------------------------------------------------------- plots
@@ -585,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         paths = write_report(args.dirs, args.out, args.top_k)
     except UserError as e:
-        if args.traceback or os.environ.get("MA2ML_TRACEBACK") == "1":
+        if cli.want_traceback(args.traceback):
             raise
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

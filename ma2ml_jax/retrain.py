@@ -55,12 +55,15 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+from ma2ml_jax import cli
 from ma2ml_jax import config as config_lib
 from ma2ml_jax import data as data_lib
-from ma2ml_jax.errors import EXIT_USER_ERROR, ConfigError, UserError
+from ma2ml_jax import workdir as workdir_lib
+from ma2ml_jax.errors import ConfigError, UserError
+from ma2ml_jax.spaces import make_pipeline_space
 
-CONFIG = "config.json"
-TRIALS = "trials.jsonl"
+CONFIG = workdir_lib.CONFIG
+TRIALS = workdir_lib.TRIALS
 RESULTS_DIR = "retrain"
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -342,9 +345,8 @@ def run(workdir: str, *, top_k: int | None = None, seeds: int | None = None,
         tqdm.write(f"retrain: only {len(candidates)} distinct successful pipelines in the trial "
                    f"log (--top_k={top_k}); retraining those")
 
-    from ma2ml_jax import search
 
-    space = search.make_pipeline_space(config.spaces)
+    space = make_pipeline_space(config.spaces)
     pipelines = {c.key: _decode(space, c, workdir) for c in candidates}
     settings = {"epochs": int(epochs), "max_train": int(max_train),
                 "network": str(r.get("network", "auto"))}
@@ -434,30 +436,11 @@ def run(workdir: str, *, top_k: int | None = None, seeds: int | None = None,
 
 def load_search(workdir: str) -> tuple[ml_collections.ConfigDict, list[dict[str, Any]]]:
     """(config, trials) of a search workdir; UserError (one line) when something is missing."""
-    if not os.path.isdir(workdir):
-        raise UserError(f"no such workdir: {workdir}")
-    trials_path = os.path.join(workdir, TRIALS)
-    if not os.path.isfile(trials_path):
-        raise UserError(f"{workdir} has no {TRIALS}: not a search workdir, or nothing evaluated")
-    config_path = os.path.join(workdir, CONFIG)
+    trials, _ = workdir_lib.require_trials(workdir)
     try:
-        with open(config_path) as f:
-            saved = json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{workdir} has no {CONFIG}: the search's config is needed to "
-                        "retrain its pipelines") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {config_path}: {e}") from e
-    trials = []
-    with open(trials_path) as f:
-        for line in f:
-            if line.strip():
-                try:
-                    trials.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # a line cut by a kill: everything after it is incomplete
-    if not trials:
-        raise UserError(f"{trials_path} holds no trial: nothing to retrain yet")
+        saved = workdir_lib.read_config(workdir)
+    except UserError as e:
+        raise UserError(f"{e}: the search's config is needed to retrain its pipelines") from None
     return _config_from_json(saved), trials
 
 
@@ -659,12 +642,6 @@ def _config_from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
 
 
 # ---------------------------------------------------------------------------------- command line
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit code 2, as train.py
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-
-
 def _budgets(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(b) for b in text.split(",") if b.strip())
@@ -674,7 +651,7 @@ def _budgets(text: str) -> tuple[float, ...]:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = _Parser(prog="python -m ma2ml_jax.retrain", description=__doc__.split("\n\n")[0],
+    p = cli.ArgumentParser(prog="python -m ma2ml_jax.retrain", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="the search's workdir")
     p.add_argument("--top_k", type=int, default=None,
@@ -706,16 +683,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     config_lib.setup_jax_for_cli()
-    try:
+    with cli.user_errors(args.traceback):
         result = run(args.workdir, top_k=args.top_k, seeds=args.seeds,
                      report_seeds=args.report_seeds, epochs=args.epochs,
                      flops_budgets=args.flops_budgets, max_train=args.max_train,
                      progress=args.progress)
-    except UserError as e:
-        if args.traceback or os.environ.get("MA2ML_TRACEBACK") == "1":
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
     print(result.table, end="")
     print(f"Results: {result.path} ({result.trained} runs trained now)")
 

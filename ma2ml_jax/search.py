@@ -8,7 +8,7 @@ Every evaluated pipeline is appended to `workdir/trials.jsonl` (one JSON object 
 index, decoded pipeline, tokens, reward, accuracy, FLOPs, params, wall time, failure reason).
 Rerunning with the same workdir resumes. After every iteration the searcher state is saved with
 orbax (`checkpoint.py`, `workdir/checkpoints/`) in step with the log, with the evaluator's state
-(`evaluate.Evaluator`: the epochs per episode of Iranfar et al.'s search); a resume restores the
+(`evaluator.Evaluator`: the epochs per episode of Iranfar et al.'s search); a resume restores the
 newest checkpoint and replays any logged iteration after it through the searcher's ask/tell and
 the evaluator's `replay` (per-iteration keys are `fold_in(seed, iteration)`, so the replay
 rebuilds both states exactly, without evaluating anything again). A searcher whose state is not
@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -35,14 +34,15 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from ma2ml_jax import agents, data, distributed, report, rewards, spaces, stream, tensorboard
+from ma2ml_jax import agents, data, distributed, rewards, spaces, stream, tensorboard
 from ma2ml_jax import checkpoint as checkpoint_lib
 from ma2ml_jax import config as config_lib
 from ma2ml_jax import evaluate as evaluate_lib
+from ma2ml_jax import workdir as workdir_lib
 from ma2ml_jax.errors import ConfigError, UserError
 
-TRIALS = "trials.jsonl"
-CONFIG = "config.json"
+TRIALS = workdir_lib.TRIALS  # the trial log and the saved config in a workdir
+CONFIG = workdir_lib.CONFIG
 # fold_in data of the evaluator's init key: a stream apart from the searcher's (0) and the
 # iterations' (1, 2, ...).
 EVALUATOR_STREAM = 0x4556414C
@@ -60,24 +60,6 @@ class SearchResult(NamedTuple):
     repeat_fraction: float = 0.0
     # Fraction of evaluated pipelines that had been evaluated before (no replacement found).
     evaluated_repeat_fraction: float = 0.0
-
-
-def make_pipeline_space(spaces_config: ml_collections.ConfigDict) -> spaces.PipelineSpace:
-    """Builds {agent: Space} from `config.spaces` ({agent: {kind, **arguments}}).
-
-    Agents are ordered as a pipeline runs (augmentation, architecture, recipe), not by name.
-    """
-    order = {"augment": 0, "macro": 1, "cell": 1, "recipe": 2}
-    items = sorted(spaces_config.items(), key=lambda kv: order.get(kv[1].get("kind"), 3))
-    out = {}
-    for agent, spec in items:
-        spec = dict(spec)
-        kind = spec.pop("kind", None)
-        try:
-            out[agent] = spaces.make_space(kind, **spec)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"spaces.{agent}: {e}") from e
-    return spaces.PipelineSpace(out)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective | None = None,
@@ -103,7 +85,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, objective: Objective
     if objective is None and own:
         raise ConfigError(f"spaces of kind 'choices' ({', '.join(own)}) are scored by an "
                           "objective: pass objective= to search.run")
-    recorded = make_pipeline_space(config.spaces)
+    recorded = spaces.make_pipeline_space(config.spaces)
     space = space if isinstance(space, spaces.PipelineSpace) else recorded
     channel = distributed.Channel()
     if not distributed.is_primary():
@@ -148,7 +130,7 @@ def _lead(config, workdir, space, objective, progress, channel) -> SearchResult:
     root = jax.random.key(config.seed)
     state = searcher.init(jax.random.fold_in(root, 0))
     evaluator_state = evaluator.init(jax.random.fold_in(root, EVALUATOR_STREAM))
-    trials = _read_trials(os.path.join(workdir, TRIALS))
+    trials, _ = workdir_lib.read_trials(workdir_lib.trials_path(workdir))
     done = _complete_iterations(trials, config.search.pipelines)
     avoid = (config.search.avoid_repeats
              and config.search.algorithm in config_lib.REPEAT_AWARE)
@@ -191,9 +173,8 @@ def _lead(config, workdir, space, objective, progress, channel) -> SearchResult:
         tqdm.write(f"resuming {workdir}: {done - first} logged iterations replayed through the "
                    f"searcher ({len(trials)} pipelines in the log)")
 
-    log_path = os.path.join(workdir, TRIALS)
-    with open(log_path, "w") as f:  # rewrite without any partial iteration of a killed run
-        f.writelines(json.dumps(t) + "\n" for t in trials)
+    log_path = workdir_lib.trials_path(workdir)
+    workdir_lib.write_trials(log_path, trials)  # without a killed run's partial iteration
     bar = tqdm(range(done, config.search.iterations), total=config.search.iterations,
                initial=done, desc="search", unit="iter", disable=not progress, dynamic_ncols=True)
     start, evaluated = time.perf_counter(), 0
@@ -210,10 +191,10 @@ def _lead(config, workdir, space, objective, progress, channel) -> SearchResult:
         state = learn(state, tokens, replaced, reward)
         new = [_trial(it, p, pipelines[p], {a: v[p] for a, v in tokens.items()}, reward[p],
                       metrics[p]) for p in range(len(pipelines))]
-        _append_trials(log_path, new)
+        workdir_lib.append_trials(log_path, new)
         trials.extend(new)
         try:
-            scalars.scalars(report.iteration_scalars(new, trials), step=it)
+            scalars.scalars(workdir_lib.iteration_scalars(new, trials), step=it)
             if checkpoints is not None:
                 checkpoints.save(it + 1, state, guard.counters, evaluator_state)
         except Exception as e:  # noqa: BLE001 - the trial log is the record; these are extras
@@ -373,35 +354,16 @@ def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
         os.remove(probe)
     except OSError as e:
         raise UserError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from e
-    path = os.path.join(workdir, CONFIG)
+    path = workdir_lib.config_path(workdir)
     current = json.loads(config.to_json_best_effort())
     if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+        saved = workdir_lib.read_config(workdir)
         ignore = {("search", "iterations"), ("search", "checkpoint")}
         diff = sorted(_diff(saved, current, ignore))
         if diff:
             raise ConfigError(f"workdir {workdir!r} holds a search with another config (differs "
                               f"at {', '.join(diff[:5])}); use a new --workdir")
-    with open(path, "w") as f:
-        json.dump(current, f, indent=2)
-
-
-def _append_trials(log_path: str, new: list[dict[str, Any]]) -> None:
-    """Appends an iteration to the trial log; if that fails (a full disk), the iteration's
-    results go to stderr as the log's JSON lines, so nothing evaluated is lost.
-    """
-    lines = "".join(json.dumps(t) + "\n" for t in new)
-    try:
-        with open(log_path, "a") as f:
-            f.write(lines)
-            f.flush()
-    except OSError as e:
-        sys.stderr.write(lines)
-        raise UserError(f"cannot append to the trial log {log_path} ({e.strerror or e}): this "
-                        f"iteration's {len(new)} results are the JSON lines printed above (append "
-                        "them to the log once it is writable); the iterations before it are "
-                        "saved, and rerunning with the same --workdir resumes") from e
+    workdir_lib.write_config(workdir, current)
 
 
 def _diff(a, b, ignore, prefix=()):
@@ -417,19 +379,6 @@ def _diff(a, b, ignore, prefix=()):
                 yield from _diff(a[k], b[k], ignore, prefix + (k,))
     elif a != b:
         yield ".".join(prefix)
-
-
-def _read_trials(path: str) -> list[dict[str, Any]]:
-    if not os.path.exists(path):
-        return []
-    trials = []
-    with open(path) as f:
-        for line in f:
-            try:
-                trials.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a kill: everything after it is incomplete
-    return trials
 
 
 def _complete_iterations(trials: list[dict[str, Any]], per_iteration: int) -> int:

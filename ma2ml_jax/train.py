@@ -20,10 +20,9 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from ma2ml_jax.errors import EXIT_USER_ERROR, UserError
+from ma2ml_jax import cli as cli_lib
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "configs", "default.py")
+_DEFAULT_CONFIG = cli_lib.DEFAULT_CONFIG
 _CONFIG_HELP = ("Experiment config file, optionally with an argument: path/to/config.py[:local]. "
                 "Override any of its keys with --config.KEY=VALUE, e.g. "
                 "--config.search.iterations=10.")
@@ -49,14 +48,12 @@ def default_workdir() -> str:
     return os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+_fail = cli_lib.fail
 
 
 def _want_traceback(argv) -> bool:
-    return os.environ.get("MA2ML_TRACEBACK") == "1" or any(
-        a in ("--traceback", "--traceback=true", "--traceback=True") for a in argv)
+    return cli_lib.want_traceback(any(
+        a in ("--traceback", "--traceback=true", "--traceback=True") for a in argv))
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -117,13 +114,7 @@ def _load_config_for_message(argv):
     for arg in argv[1:]:
         if arg.startswith("--config="):
             spec = arg[len("--config="):]
-    path, _, arg = spec.partition(":")
-    import importlib.util
-
-    module_spec = importlib.util.spec_from_file_location("_config_for_message", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    return cli_lib.load_config(spec)
 
 
 def main(argv: list[str]) -> None:
@@ -144,13 +135,9 @@ def main(argv: list[str]) -> None:
 
     config_lib.setup_jax_for_cli()
 
-    try:
+    with cli_lib.user_errors(_TRACEBACK.value):
         distributed.initialize(_DISTRIBUTED.value)  # before any JAX computation
         result = search.run(config, workdir, progress=_PROGRESS.value)
-    except UserError as e:
-        if _TRACEBACK.value:
-            raise
-        _fail(str(e))
     if distributed.is_primary():
         print(search.summary(result))
 

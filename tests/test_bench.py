@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from ma2ml_jax.bench import pil_augment, throughput
+from ma2ml_jax.spaces import make_pipeline_space
 
 
 def images(channels=3, n=4):
@@ -134,14 +135,14 @@ def test_the_naive_port_uses_the_masked_networks_depthwise_kernel():
     import jax
 
     from ma2ml_jax import config as config_lib
-    from ma2ml_jax import models, search
+    from ma2ml_jax import models
     from ma2ml_jax.bench import throughput
 
     c = config_lib.base_config()
     c.spaces.nas = {"kind": "cell", "num_blocks": 2}
     c.model.cells, c.model.reduction_cells = 2, (2,)
     for kind, spaces_config in (("macro", config_lib.base_config().spaces), ("cell", c.spaces)):
-        space = search.make_pipeline_space(spaces_config)
+        space = make_pipeline_space(spaces_config)
         arch = space.decode(space.sample(jax.random.key(0), 1), 0)["nas"]
         masked, _ = models.make_network_for(kind, space["nas"], arch, 10, c.model, masked=True)
         port = throughput.port_network(kind, space["nas"], arch, 10, c.model, False)
@@ -149,7 +150,7 @@ def test_the_naive_port_uses_the_masked_networks_depthwise_kernel():
         grouped = throughput.port_network(kind, space["nas"], arch, 10, c.model, True)
         assert grouped.depthwise_impl == "conv"
     # On CPU the macro networks use the shifted multiply-adds (bench.depthwise).
-    macro = search.make_pipeline_space(config_lib.base_config().spaces)
+    macro = make_pipeline_space(config_lib.base_config().spaces)
     arch = macro.decode(macro.sample(jax.random.key(0), 1), 0)["nas"]
     port = throughput.port_network("macro", macro["nas"], arch, 10, c.model, False)
     assert port.depthwise_impl == ("taps" if jax.default_backend() == "cpu" else "conv")

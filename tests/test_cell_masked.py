@@ -13,17 +13,15 @@ from ma2ml_jax.cost import cell_cost
 from ma2ml_jax.models.cell_masked import (
     CellArrays,
     MaskedCellNet,
-    SuperConv,
-    active_mask,
     cell_arrays,
     cell_arrays_from_tokens,
     cell_runs,
-    embed_variables,
-    extract_variables,
     unused_mask,
 )
 from ma2ml_jax.models.cell_net import CellArch, CellNet, unused_blocks
+from ma2ml_jax.models.cell_transfer import active_mask, embed_variables, extract_variables
 from ma2ml_jax.models.layers import depthwise
+from ma2ml_jax.models.masking import SuperConv
 from ma2ml_jax.spaces import cell_space
 
 # Tiny network: cell 2 is a reduction cell, so cell 3 preprocesses h_{k-2} with a factorized

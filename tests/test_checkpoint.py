@@ -21,13 +21,14 @@ SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
     from ma2ml_jax import config as config_lib, search
+    from ma2ml_jax.spaces import make_pipeline_space
 
     workdir, algorithm, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
     c = config_lib.base_config()
     c.search.algorithm = algorithm
     c.search.iterations = 5
     c.search.pipelines = 4
-    space = search.make_pipeline_space(c.spaces)
+    space = make_pipeline_space(c.spaces)
     calls = []
 
     def objective(pipelines):

@@ -14,6 +14,7 @@ from ma2ml_jax import config as config_lib
 from ma2ml_jax import report, retrain, search, spaces
 from ma2ml_jax.bench.objectives import synthetic_space
 from ma2ml_jax.errors import EXIT_USER_ERROR, ConfigError, UserError
+from ma2ml_jax.spaces import make_pipeline_space
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Names out of alphabetical order: the decision order must be the user's, not ConfigDict's sorted.
@@ -80,7 +81,7 @@ def test_the_config_keeps_lists_tuples_nested_configdicts_and_the_users_order():
     c.lock()
     config_lib.validate(c)
     for cfg in (c, ml_collections.ConfigDict(json.loads(c.to_json_best_effort()))):
-        space = search.make_pipeline_space(cfg.spaces)
+        space = make_pipeline_space(cfg.spaces)
         assert space.agents == ("model", "optimizer")
         assert [(d.name, d.choices) for d in space["model"].decisions] == [
             ("depth", (2, 4, 8)), ("act", ("relu",))]

@@ -8,7 +8,6 @@ default.py reads its bundled digits. Each run is a fresh process with the user's
 (`.ci/run`: ``python -m pytest -q -m slow tests/test_configs_local.py``).
 """
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import time
 import numpy as np
 import pytest
 from _processes import ROOT, read_log
+
+from ma2ml_jax import cli
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +30,6 @@ LOCAL = [
     ("configs/imagenet200.py:flops900:local", 10),
     ("configs/iranfar_vgg_cifar10.py:local", 10),
 ]
-
-
-def _config(spec: str):
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_local_config", os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +49,7 @@ def cifar_like(tmp_path_factory):
 
 @pytest.mark.parametrize("spec, classes", LOCAL, ids=[s for s, _ in LOCAL])
 def test_local_variant_runs_end_to_end(spec, classes, cifar_like, tmp_path):
-    config = _config(spec)
+    config = cli.load_config(spec, root=ROOT)
     data = [f"--config.data.source=npz:{cifar_like[classes]}"] if classes else []
     workdir = tmp_path / "run"
     env = dict(os.environ)  # with the session's compilation cache (tests/conftest.py)

@@ -15,6 +15,7 @@ from ma2ml_jax.agents.neighbourhood import FlatSpace
 from ma2ml_jax.agents.random import make_random_search
 from ma2ml_jax.bench.objectives import make_objective, synthetic_space
 from ma2ml_jax.errors import ConfigError
+from ma2ml_jax.spaces import make_pipeline_space
 
 SPACE = synthetic_space({"a": (4, 4, 4), "b": (4, 4, 4)})  # 4096 pipelines, D = 6
 P, N, S = 4, 6, 3
@@ -184,7 +185,7 @@ def _driven(tmp_path, name, iterations):
     c.search.pipelines = 4
     c.evolution.population = 6  # full after two iterations: tournaments from the third on
     c.evolution.tournament = 3
-    space = search.make_pipeline_space(c.spaces)
+    space = make_pipeline_space(c.spaces)
 
     def objective(pipelines):
         return [float(np.mean(np.concatenate([space[a].encode(p[a]) for a in space.agents]) == 0))

@@ -17,6 +17,7 @@ import pytest
 from configs import default as default_config
 from ma2ml_jax import config as config_lib
 from ma2ml_jax import search
+from ma2ml_jax.spaces import make_pipeline_space
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 WRITE = os.environ.get("MA2ML_JAX_WRITE_GOLDEN") == "1"
@@ -68,7 +69,7 @@ def test_searcher_on_an_objective_writes_the_golden_log(algorithm, tmp_path):
     c.search.iterations = 3
     c.search.pipelines = 4
     c.seed = 3
-    space = search.make_pipeline_space(c.spaces)
+    space = make_pipeline_space(c.spaces)
     search.run(c, str(tmp_path), objective=_objective_for(space), progress=False)
     _check(f"objective_{algorithm}", _log(tmp_path), 1e-6)
 

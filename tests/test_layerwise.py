@@ -14,6 +14,7 @@ from ma2ml_jax import spaces as S
 from ma2ml_jax.errors import ConfigError
 from ma2ml_jax.models import layerwise_net as N
 from ma2ml_jax.spaces import layerwise as L
+from ma2ml_jax.spaces import make_pipeline_space
 
 
 # ------------------------------------------------------------------------------- the space
@@ -191,7 +192,7 @@ def _config(variant="vgg_small"):
 def test_layerwise_config_is_the_whole_pipeline():
     c = _config()
     config_lib.validate(c)
-    space = search.make_pipeline_space(c.spaces)
+    space = make_pipeline_space(c.spaces)
     assert space.agents == tuple(f"layer{i:02d}" for i in range(7))
     assert L.layer_agents(space) == list(space.agents)
 

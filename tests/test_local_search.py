@@ -15,6 +15,7 @@ from ma2ml_jax.agents.local_search import make_local_search
 from ma2ml_jax.agents.neighbourhood import FlatSpace
 from ma2ml_jax.agents.random import make_random_search
 from ma2ml_jax.bench.objectives import make_objective, synthetic_space
+from ma2ml_jax.spaces import make_pipeline_space
 
 SMALL = synthetic_space({"a": (2, 3), "b": (4,)})  # 24 pipelines, K = 1 + 2 + 3 = 6 neighbours
 P = 4
@@ -201,7 +202,7 @@ def _driven(tmp_path, name, iterations):
     c.search.algorithm = "local"
     c.search.iterations = iterations
     c.search.pipelines = 4
-    space = search.make_pipeline_space(c.spaces)
+    space = make_pipeline_space(c.spaces)
 
     def objective(pipelines):
         return [float(np.mean(np.concatenate([space[a].encode(p[a]) for a in space.agents]) == 0))

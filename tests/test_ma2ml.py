@@ -219,7 +219,7 @@ def test_bad_options_name_the_key(options, message):
 
 
 def test_class_defaults_are_the_config_defaults():
-    """The swept defaults live in two places (the NamedTuple and config.py): they must agree."""
+    """config.py's ma2ml section is built from MA2MLConfig: the same keys and defaults."""
     from ma2ml_jax import config as config_lib
 
     section = dict(config_lib.base_config().ma2ml)

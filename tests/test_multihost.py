@@ -15,6 +15,7 @@ SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
     from ma2ml_jax import config as config_lib, distributed, search
+    from ma2ml_jax.spaces import make_pipeline_space
 
     distributed.initialize("auto")
     workdir, iterations, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -23,7 +24,7 @@ SCRIPT = textwrap.dedent("""
     c.search.iterations = iterations
     c.search.pipelines = 4
     c.seed = seed
-    space = search.make_pipeline_space(c.spaces)
+    space = make_pipeline_space(c.spaces)
     calls = []
 
     def objective(pipelines):

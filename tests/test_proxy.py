@@ -131,6 +131,6 @@ def test_macro_net_shapes_and_residuals():
 
 def test_drop_path_rate_zero_is_identity_and_one_drops_all():
     x = jnp.ones((8, 2, 2, 3))
-    from ma2ml_jax.models.macro_net import drop_path
+    from ma2ml_jax.models.layers import drop_path
     np.testing.assert_array_equal(drop_path(x, jnp.float32(0.0), jax.random.key(0)), x)
     np.testing.assert_array_equal(drop_path(x, jnp.float32(1.0), jax.random.key(0)), 0 * x)

@@ -10,7 +10,7 @@ from ma2ml_jax import agents, search
 from ma2ml_jax import config as config_lib
 from ma2ml_jax.agents import qlearning as ql
 from ma2ml_jax.errors import ConfigError
-from ma2ml_jax.spaces import Decision, PipelineSpace, Space, layerwise
+from ma2ml_jax.spaces import Decision, PipelineSpace, Space, layerwise, make_pipeline_space
 
 
 def chain_space(*sizes):
@@ -301,7 +301,7 @@ def test_bad_qlearning_settings_are_config_errors(key, value, message):
     c = _layerwise_config(iterations=1)
     with c.qlearning.unlocked():
         c.qlearning[key] = value
-    space = search.make_pipeline_space(c.spaces)
+    space = make_pipeline_space(c.spaces)
     with pytest.raises(ConfigError, match=message):
         agents.make_searcher(c, space)
 

@@ -10,6 +10,7 @@ from ma2ml_jax import agents, search
 from ma2ml_jax import config as config_lib
 from ma2ml_jax.agents.random import make_random_search
 from ma2ml_jax.bench.objectives import synthetic_space
+from ma2ml_jax.spaces import make_pipeline_space
 
 SPACE = synthetic_space({"aug": (2,), "nas": (3,)})  # 6 pipelines in all
 
@@ -84,7 +85,7 @@ def test_driver_never_evaluates_a_pipeline_twice(tmp_path, algorithm):
     results = {}
     for avoid in (False, True):
         c = _hpo_config(avoid, algorithm)
-        space = search.make_pipeline_space(c.spaces)
+        space = make_pipeline_space(c.spaces)
         r = search.run(c, str(tmp_path / f"{avoid}"), objective=_objective(space), progress=False)
         keys = [tuple(t["tokens"]["hpo"]) for t in r.trials]
         results[avoid] = (len(keys) - len(set(keys)), r.repeat_fraction,

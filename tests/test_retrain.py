@@ -11,6 +11,7 @@ import pytest
 from configs import default
 from ma2ml_jax import config as config_lib
 from ma2ml_jax import data, retrain, search
+from ma2ml_jax.spaces import make_pipeline_space
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -102,7 +103,7 @@ def _random_pipelines(n):
 
     config = _search_config()
     config.retrain.max_train = 0  # whole splits, so the views can be told apart by their sizes
-    space = search.make_pipeline_space(config.spaces)
+    space = make_pipeline_space(config.spaces)
     sampled = space.sample(jax.random.key(0), n)
     tokens = [{a: np.asarray(sampled[a][i]).tolist() for a in space.agents} for i in range(n)]
     assert len({retrain.pipeline_key(t) for t in tokens}) == n

@@ -7,6 +7,7 @@ import pytest
 from ma2ml_jax import config as config_lib
 from ma2ml_jax import search
 from ma2ml_jax.errors import ConfigError, UserError
+from ma2ml_jax.spaces import make_pipeline_space
 
 
 def _config(iterations=3, pipelines=4, seed=0, algorithm="random"):
@@ -19,7 +20,7 @@ def _config(iterations=3, pipelines=4, seed=0, algorithm="random"):
 
 
 def _objective_for(config):
-    space = search.make_pipeline_space(config.spaces)
+    space = make_pipeline_space(config.spaces)
 
     def objective(pipelines):
         # A known deterministic reward: the fraction of decisions at their first choice.

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from ma2ml_jax import config as config_lib
-from ma2ml_jax import data, models, proxy, search, sharded
-from ma2ml_jax.spaces import recipe, to_policy
+from ma2ml_jax import data, models, proxy, sharded
+from ma2ml_jax.spaces import make_pipeline_space, recipe, to_policy
 
 STEPS, BATCH, PIPELINES = 3, 16, 3
 
@@ -86,7 +86,7 @@ def to_policy_none():
 @pytest.fixture(scope="module")
 def macro():
     c = config_lib.base_config()
-    space = search.make_pipeline_space(c.spaces)
+    space = make_pipeline_space(c.spaces)
     d = data.load("digits", val_size=32, max_train=64)
     pipelines = [space.decode(space.sample(jax.random.key(s), 1), 0) for s in range(PIPELINES)]
     nets = [models.make_network_for("macro", space["nas"], p["nas"], 10, c.model, True)
@@ -219,7 +219,7 @@ def test_evaluator_strategies_agree():
     from ma2ml_jax import evaluate
     c = config_lib.base_config()
     c.evaluate.epochs, c.evaluate.batch_size, c.data.max_train = 1, 32, 64
-    space = search.make_pipeline_space(c.spaces)
+    space = make_pipeline_space(c.spaces)
     d = data.load("digits", val_size=64, max_train=64)
     actions = space.sample(jax.random.key(0), 3)
     pipelines = [space.decode(actions, i) for i in range(3)]

@@ -19,6 +19,7 @@ from ma2ml_jax import config as config_lib
 from ma2ml_jax import evaluate, search, stream
 from ma2ml_jax.bench.input import write_synthetic_jpegs
 from ma2ml_jax.errors import ConfigError, DataError
+from ma2ml_jax.spaces import make_pipeline_space
 
 NAME = "synthetic_jpegs"
 SOURCE = f"tfds:{NAME}"
@@ -398,7 +399,7 @@ def test_a_second_streamed_evaluation_compiles_nothing(small):
     from _compiles import compilations
 
     c = _tiny_config(small)
-    space = search.make_pipeline_space(c.spaces)
+    space = make_pipeline_space(c.spaces)
     dataset = search._load_data(c)
     assert dataset.steps_per_epoch(c.evaluate.batch_size) == 7
     ev = evaluate.make_evaluator(c, dataset, space)
@@ -415,6 +416,6 @@ def test_layerwise_spaces_do_not_stream(small):
     from ma2ml_jax.spaces import layerwise
 
     c = _tiny_config(small)
-    space = search.make_pipeline_space(layerwise.layerwise_spaces_config("vgg_small"))
+    space = make_pipeline_space(layerwise.layerwise_spaces_config("vgg_small"))
     with pytest.raises(DataError, match="layerwise"):
         evaluate.make_evaluator(c, search._load_data(c), space)

@@ -18,7 +18,7 @@ from ma2ml_jax.evaluate_layerwise import (
     make_layerwise_evaluator,
     make_layerwise_evaluator_with_state,
 )
-from ma2ml_jax.spaces import layerwise
+from ma2ml_jax.spaces import layerwise, make_pipeline_space
 
 
 class FakeClock:
@@ -197,7 +197,7 @@ def test_layerwise_evaluator_trains_and_terminates(digits):
     c.termination.loss_threshold = 5.0  # met at once: N_epoch = 3
     c.termination.batch_time = 1.0
     c.termination.batch_patience = 2
-    space = search.make_pipeline_space(c.spaces)
+    space = make_pipeline_space(c.spaces)
     tokens = space.sample(jax.random.key(0), 1)
     pipeline = space.decode(tokens, 0)
     clock = FakeClock()
@@ -236,7 +236,7 @@ def test_layerwise_evaluator_trains_and_terminates(digits):
 def test_the_epoch_budget_is_the_evaluators_state_and_replays_from_metrics(digits):
     c = _config("branch_tiny")
     c.evaluate.epochs = 5
-    evaluator = make_layerwise_evaluator_with_state(c, digits, search.make_pipeline_space(
+    evaluator = make_layerwise_evaluator_with_state(c, digits, make_pipeline_space(
         c.spaces), log=lambda s: None)
     start = evaluator.init(jax.random.key(0))
     assert start == T.EpochBudget(5, 3)

@@ -13,12 +13,17 @@ from ma2ml_jax.agents.repeats import (
     known_rewards,
     pipeline_key,
 )
-from ma2ml_jax.config import ALGORITHMS
 from ma2ml_jax.errors import ConfigError, choices
 from ma2ml_jax.spaces import PipelineSpace
 
-__all__ = ["Actions", "RepeatGuard", "Searcher", "avoid_repeats", "count_repeats", "known_rewards",
-           "make_random_search", "make_searcher", "pipeline_key"]
+__all__ = ["ALGORITHMS", "Actions", "REPEAT_AWARE", "RepeatGuard", "Searcher", "avoid_repeats",
+           "count_repeats", "known_rewards", "make_random_search", "make_searcher", "pipeline_key"]
+
+# `search.algorithm`: the searchers `make_searcher` builds.
+ALGORITHMS = ("random", "tpe", "ma2ml", "ma2ml_onpolicy", "lite", "qlearning", "evolution",
+              "local")
+# Searchers whose ask is pure and whose tell takes any batch size (`repeats.RepeatGuard`).
+REPEAT_AWARE = ("random", "ma2ml", "ma2ml_onpolicy", "lite", "evolution", "local")
 
 
 def make_searcher(config: ml_collections.ConfigDict, space: PipelineSpace) -> Searcher:

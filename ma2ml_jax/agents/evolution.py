@@ -29,9 +29,9 @@ from ma2ml_jax.spaces import PipelineSpace
 
 
 class EvolutionConfig(NamedTuple):
-    """Hyper-parameters of regularized evolution (config keys `evolution.*`)."""
+    """Hyper-parameters of regularized evolution (config keys `evolution.*`; NASLib's defaults)."""
 
-    population: int = 30  # N: the newest N told pipelines
+    population: int = 30  # N: the newest N told pipelines; uniform samples until it is full
     tournament: int = 10  # S: members drawn (with replacement) per tournament
 
     def check(self) -> None:

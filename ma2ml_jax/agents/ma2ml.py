@@ -84,14 +84,16 @@ class MA2MLConfig(NamedTuple):
     updates: int = 10  # update steps per iteration (tell)
     critic_batch: int = 64
     actor_batch: int = 32
-    actor_actions: str = "fresh"  # fresh | replay
+    actor_actions: str = "fresh"  # fresh (sampled from pi, scored by the critic) | replay
     critic_hidden: tuple = (64, 64)
     replay_capacity: int = 4096
     entropy: float = 0.0  # optional entropy bonus (0 = the paper's objective)
     on_policy: bool = False
     critic_steps: int = 1  # critic steps (11) per update step
     ensemble: int = 1  # critic members (1: the paper's critic); (12)-(13) use their mean
-    proposal: str = "policy"  # policy | screened (agents.screening)
+    # Which pipelines are evaluated: policy (P samples of the policies, the paper's Algorithm 1)
+    # | screened (the P best never-evaluated candidates by the critic ensemble; agents.screening)
+    proposal: str = "policy"
     candidates: int = 512  # screened: policy samples scored per ask
     uniform_candidates: int = 0  # screened: uniform samples scored per ask
     parents: int = 3  # screened: best pipelines whose one-decision neighbours are scored

@@ -59,12 +59,12 @@ class QLearningConfig(NamedTuple):
     """Hyper-parameters (config section `qlearning`)."""
 
     alpha: float = 0.95  # learning rate of the exploration phase (Sec. VI-B)
-    alpha_decay: float = 0.999  # eq. 3
+    alpha_decay: float = 0.999  # eq. (3): alpha <- alpha * 0.999^n after exploration
     alpha_schedule: str = "compound"  # compound: eq. 3 as written; exponential: alpha * decay^n
-    gamma: float = 1.0  # discount of the next table's max (Alg. 2 line 8)
-    epsilon_decay: float = 0.99  # epsilon = decay^n in exploration-exploitation
+    gamma: float = 1.0  # discount of the next table's max (Alg. 2 line 8; MetaQNN's 1)
+    epsilon_decay: float = 0.99  # epsilon = decay^n in exploration-exploitation (Sec. VIII-G)
     epsilon_min: float = 0.0
-    min_exploration: int = 0  # exploration episodes at least
+    min_exploration: int = 0  # exploration episodes at least (the paper: 500 for VGG-16)
     memory: int = 16384  # hyper-parameter sets remembered for the no-update-on-repeat rule
 
 

@@ -2,6 +2,7 @@ r"""Compile time and step time of the cell-space networks against the number of 
 
     python -m ma2ml_jax.bench.cells                                  # 2, 5 and 17 cells
     python -m ma2ml_jax.bench.cells --cells=2,5 --networks=scan,exact --timeout=300
+    python -m ma2ml_jax.bench.cells --lower_only --cells=2,5,17,29  # program size, no compiling
 
 Networks, each (network, cells) pair in its own process (its own caches and peak memory) with a
 timeout; a network over the timeout is not run at larger sizes (its program only grows):
@@ -19,7 +20,9 @@ DARTS puts them (2 cells: at 2; 5: at 2 and 4, as `cifar10.py:local`; 17: at 6 a
 paper's), `--batch` real CIFAR-10 images (../shared/data/cifar10_jpeg.npz; random ones otherwise,
 said in the output). Measured: seconds to compile the initialisation and the training step
 (`proxy.make_trainer`, what the evaluator jits: augmentation, forward, backward, the optimizers),
-the median time of a training step after one warm-up step, and the process's peak RSS.
+the median time of a training step after one warm-up step, and the process's peak RSS. With
+`--lower_only`, nothing is compiled: the seconds to trace and lower each program to StableHLO and
+its size in lines of StableHLO text, what XLA's compile time grows with.
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ from typing import Any
 
 import numpy as np
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ma2ml_jax import cli
+from ma2ml_jax.spaces import make_pipeline_space
+
+_REPO_ROOT = cli.REPO_ROOT
 NETWORKS = ("per_op", "families", "scan", "exact")
 
 
@@ -49,26 +55,20 @@ def reduction_cells(cells: int) -> tuple[int, ...]:
 
 def build(network: str, cells: int, channels: int, seed: int):
     """(network module, architecture arrays or None, hp, policy) of one sampled CIFAR pipeline."""
-    import importlib.util
-
     import jax
 
-    from ma2ml_jax import models, proxy, search
+    from ma2ml_jax import models, proxy
     from ma2ml_jax.config import steps_per_epoch
     from ma2ml_jax.evaluate import agent_roles
     from ma2ml_jax.models.cell_masked import MaskedCellNet, cell_arrays
     from ma2ml_jax.spaces import augment as augment_space
     from ma2ml_jax.spaces import recipe as recipe_space
 
-    spec = importlib.util.spec_from_file_location(
-        "cifar10_config", os.path.join(_REPO_ROOT, "configs", "cifar10.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = cli.load_config("configs/cifar10.py", root=cli.REPO_ROOT)
     config.model.cells = cells
     config.model.reduction_cells = reduction_cells(cells)
     config.model.cell_channels = channels
-    space = search.make_pipeline_space(config.spaces)
+    space = make_pipeline_space(config.spaces)
     roles = agent_roles(space)
     pipeline = space.decode(space.sample(jax.random.key(seed), 1), 0)
     arch = pipeline[roles["arch"]]
@@ -113,6 +113,18 @@ def run_one(network: str, cells: int, args) -> None:
     extra = () if arrays is None else (arrays,)
     key = jax.random.key(0)
 
+    if args.lower_only:
+        t0 = time.perf_counter()
+        lowered = jax.jit(trainer.init).lower(key, *extra)
+        report(init_lower_s=time.perf_counter() - t0,
+               init_hlo_lines=len(lowered.as_text().splitlines()))
+        state = jax.eval_shape(trainer.init, key, *extra)
+        t0 = time.perf_counter()
+        lowered = jax.jit(trainer.train_step).lower(state, images, labels, hp, policy, key, *extra)
+        report(step_lower_s=time.perf_counter() - t0,
+               step_hlo_lines=len(lowered.as_text().splitlines()))
+        return
+
     t0 = time.perf_counter()
     init = jax.jit(trainer.init).lower(key, *extra).compile()
     report(init_compile_s=time.perf_counter() - t0)
@@ -151,6 +163,31 @@ def _fmt(r: dict[str, Any] | None, key: str, timeout: float) -> str:
     return "-"
 
 
+def lower_table(results: list[dict[str, Any]]) -> str:
+    """Markdown of a --lower_only run: one row per (cells, network)."""
+    rows = ["| cells (reductions) | network | compiled cell bodies | init: lower (s) / StableHLO "
+            "lines | train step: lower (s) / StableHLO lines |", "|---" * 5 + "|"]
+    for r in results:
+        reductions = ", ".join(str(k) for k in reduction_cells(r["cells"]))
+        cells = ("-" if r["network"] == "exact" else
+                 str(r["cells"] if r["network"] != "scan" else len(_runs(r["cells"]))))
+        parts = []
+        for phase in ("init", "step"):
+            if f"{phase}_hlo_lines" in r:
+                parts.append(f"{r[f'{phase}_lower_s']:.1f} / {r[f'{phase}_hlo_lines']:,}")
+            else:
+                parts.append("failed" if r.get("error") or r.get("timed_out") else "-")
+        rows.append(f"| {r['cells']} ({reductions}) | {r['network']} | {cells} | {parts[0]} | "
+                    f"{parts[1]} |")
+    return "\n".join(rows)
+
+
+def _runs(cells: int):
+    from ma2ml_jax.models.cell_masked import cell_runs
+
+    return cell_runs(cells, reduction_cells(cells), 8, 5, 3)
+
+
 def table(results: list[dict[str, Any]], timeout: float) -> str:
     """Markdown: one row per (cells, network)."""
     rows = ["| cells (reductions) | network | compile init (s) | compile train step (s) | "
@@ -178,6 +215,8 @@ def parse(argv: Sequence[str] | None):
     p.add_argument("--data", default=os.path.join(_REPO_ROOT, "..", "shared", "data",
                                                   "cifar10_jpeg.npz"))
     p.add_argument("--json", default="cells.json", help="where to write the results")
+    p.add_argument("--lower_only", action="store_true",
+                   help="only trace and lower the programs: seconds and StableHLO size")
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -232,11 +271,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                 over.add(network)
             print(f"[{network}, {cells} cells] {r.get('data', '')}: "
                   + ", ".join(f"{k} {r[k]:.1f}" for k in ("init_compile_s", "step_compile_s",
-                                                           "step_s", "wall_s") if k in r)
+                                                           "step_s", "init_lower_s",
+                                                           "init_hlo_lines", "step_lower_s",
+                                                           "step_hlo_lines", "wall_s") if k in r)
                   + (" TIMED OUT" if r.get("timed_out") else "")
                   + (f" ERROR {r['error']}" if r.get("error") else ""), flush=True)
     print(f"load average at end: {os.getloadavg()}")
-    print(table(results, args.timeout), flush=True)
+    print(lower_table(results) if args.lower_only else table(results, args.timeout), flush=True)
     with open(args.json, "w") as f:
         json.dump({"args": vars(args), "results": results}, f, indent=1)
     print(f"wrote {args.json}")

@@ -4,7 +4,7 @@
 
 Times forward + backward (jitted, after warm-up, median) of a 5x5 depthwise SAME convolution,
 batch 64, for a few map sizes, as `lax.conv_general_dilated(feature_group_count=C)` and as
-`models.macro_masked.depthwise_taps`; prints the ratio. The networks pick the faster one per
+`models.layers.depthwise_taps`; prints the ratio. The networks pick the faster one per
 backend ("taps" on CPU).
 """
 

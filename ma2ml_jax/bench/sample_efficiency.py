@@ -39,7 +39,6 @@ evaluating one iteration's pipelines in that setting.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import time
@@ -49,11 +48,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from ma2ml_jax import agents
+from ma2ml_jax import agents, cli
 from ma2ml_jax import config as config_lib
 from ma2ml_jax.bench.objectives import make_objective
+from ma2ml_jax.spaces import make_pipeline_space
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_REPO_ROOT = cli.REPO_ROOT
 
 SIZES = {
     "small": {"aug": (4,) * 3, "nas": (4,) * 3, "hpo": (4,) * 3},
@@ -488,11 +488,7 @@ def _strip(results: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------- the timing
 def _cifar_config():
-    spec = importlib.util.spec_from_file_location(
-        "cifar10_config", os.path.join(_REPO_ROOT, "configs", "cifar10.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return cli.load_config("configs/cifar10.py", root=cli.REPO_ROOT)
 
 
 def _timed(fn, n: int) -> float:
@@ -531,11 +527,10 @@ def _time_ma2ml(space, pipelines: int, cfg, repeats: int, images: int) -> dict[s
 
 def timing(repeats: int = 20) -> dict[str, Any]:
     """One MA2ML update and one tell on the CIFAR config's spaces, 24 pipelines, K = 8."""
-    from ma2ml_jax import search
     from ma2ml_jax.agents.ma2ml import MA2MLConfig
 
     c = _cifar_config()
-    space = search.make_pipeline_space(c.spaces)
+    space = make_pipeline_space(c.spaces)
     decisions = {a: space[a].n_decisions for a in space.agents}
     pipelines = c.search.pipelines
     train_images = 50_000 - c.data.val_size

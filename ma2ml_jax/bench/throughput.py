@@ -13,7 +13,7 @@ Variants (each in its own process, so compile caches and peak memory are its own
   naive      what a straightforward port would write: one pipeline at a time, an exactly-shaped
              network compiled per architecture, AutoAugment on the host with PIL. Its depthwise
              convolutions are the project's own choice for the backend (shifted multiply-adds on
-             CPU, `models/macro_masked.depthwise_taps`; XLA's convolution elsewhere), the same
+             CPU, `models.layers.depthwise_taps`; XLA's convolution elsewhere), the same
              kernels as the masked network, so the ratios measure evaluation, not the kernel.
   naive_grouped  the naive port with XLA's grouped convolution for depthwise layers everywhere
              (what a port gets by default; on CPU a slow path: bench/depthwise.py).
@@ -33,7 +33,6 @@ memory (device peak on accelerators; the process's peak RSS on CPU). A JSON file
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -45,7 +44,10 @@ from typing import Any
 
 import numpy as np
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ma2ml_jax import cli
+from ma2ml_jax.spaces import make_pipeline_space
+
+_REPO_ROOT = cli.REPO_ROOT
 DEFAULT_VARIANTS = ("naive", "naive_grouped", "exact", "auto", "loop", "loop+scan", "map",
                     "unrolled", "vmap")
 NAIVE = ("naive", "naive_grouped", "exact")  # exactly-shaped networks, compiled per architecture
@@ -55,11 +57,7 @@ NAIVE = ("naive", "naive_grouped", "exact")  # exactly-shaped networks, compiled
 def workload_config(args):
     """configs/cifar10.py's (or configs/default.py's) setting, shortened by the flags."""
     name = "cifar10" if args.workload == "cifar" else "default"
-    spec = importlib.util.spec_from_file_location(
-        f"{name}_config", os.path.join(_REPO_ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config()
+    c = cli.load_config(f"configs/{name}.py", root=cli.REPO_ROOT)
     if args.workload == "default":  # the README's first command: digits, the tiny macro space
         c.search.pipelines = args.pipelines
         c.evaluate.epochs = args.epochs
@@ -237,12 +235,11 @@ def run_variant(variant: str, args) -> dict[str, Any]:
     import jax
 
     from ma2ml_jax import evaluate as evaluate_lib
-    from ma2ml_jax import search
 
     counter = CompileCounter()
     config = workload_config(args)
     dataset = workload_data(args, config)
-    space = search.make_pipeline_space(config.spaces)
+    space = make_pipeline_space(config.spaces)
     if variant in NAIVE:
         evaluate = make_naive_evaluator(config, dataset, space, host_augment=variant != "exact",
                                         grouped_depthwise=variant == "naive_grouped")

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ma2ml_jax.models.macro_net import classifier_dropout, drop_path
+from ma2ml_jax.models.layers import batch_norm, classifier_dropout, drop_path
 
 NUM_CELL_INPUTS = 2
 
@@ -53,9 +53,6 @@ def unused_blocks(blocks: tuple[Block, ...]) -> list[int]:
     return [j for j in range(len(blocks)) if j not in read]
 
 
-def _bn(train, name=None):
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
-
 
 class ReLUConvBN(nn.Module):
     features: int
@@ -67,7 +64,7 @@ class ReLUConvBN(nn.Module):
     def __call__(self, x, train):
         x = nn.Conv(self.features, self.kernel, strides=self.stride,
                     kernel_dilation=self.dilation, use_bias=False)(nn.relu(x))
-        return _bn(train)(x)
+        return batch_norm(train)(x)
 
 
 class FactorizedReduce(nn.Module):
@@ -81,7 +78,7 @@ class FactorizedReduce(nn.Module):
         a = nn.Conv(self.features // 2, (1, 1), strides=2, use_bias=False)(x)
         b = nn.Conv(self.features - self.features // 2, (1, 1), strides=2, use_bias=False)(
             jnp.pad(x[:, 1:, 1:], ((0, 0), (0, 1), (0, 1), (0, 0))))
-        return _bn(train)(jnp.concatenate([a, b], -1))
+        return batch_norm(train)(jnp.concatenate([a, b], -1))
 
 
 class SepConv(nn.Module):
@@ -89,7 +86,7 @@ class SepConv(nn.Module):
 
     `depthwise_impl` "taps" computes the depthwise convolutions as shifted multiply-adds (same
     result and parameters; XLA's grouped convolution is a slow path on CPU, see
-    `macro_masked.depthwise_taps`).
+    `layers.depthwise_taps`).
     """
 
     features: int
@@ -105,7 +102,7 @@ class SepConv(nn.Module):
             c = x.shape[-1]
             x = MaskedDepthwise(c, self.kernel, stride, self.depthwise_impl,
                                 name=f"depthwise{i}")(nn.relu(x), self.kernel)
-            x = _bn(train, f"bn{i}")(nn.Conv(self.features, (1, 1), use_bias=False,
+            x = batch_norm(train, f"bn{i}")(nn.Conv(self.features, (1, 1), use_bias=False,
                                              name=f"pointwise{i}")(x))
         return x
 
@@ -127,7 +124,7 @@ class CellOp(nn.Module):
         if op in ("conv_1x3_3x1", "conv_1x7_7x1"):
             k = 3 if op == "conv_1x3_3x1" else 7
             x = nn.Conv(c, (1, k), strides=(1, s), use_bias=False)(nn.relu(x))
-            return _bn(train)(nn.Conv(c, (k, 1), strides=(s, 1), use_bias=False)(x))
+            return batch_norm(train)(nn.Conv(c, (k, 1), strides=(s, 1), use_bias=False)(x))
         if op == "dil_conv_3x3":
             return ReLUConvBN(c, (3, 3), (s, s), dilation=2)(x, train)
         if op == "avg_pool_3x3":
@@ -195,7 +192,7 @@ class CellNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, dropout=0.0, drop_path_rate=0.0):
         x = nn.Conv(self.channels * self.stem_multiplier, (3, 3), use_bias=False, name="stem")(x)
-        x = _bn(train, "bn_stem")(x)
+        x = batch_norm(train, "bn_stem")(x)
         s0 = s1 = x
         c, reduce_prev = self.channels, False
         for k in range(1, self.cells + 1):

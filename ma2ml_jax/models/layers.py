@@ -1,4 +1,5 @@
-"""Layers the proxy networks share: depthwise convolution in two implementations.
+"""Layers the proxy networks share: BatchNorm settings, the activation, stochastic depth,
+classifier dropout with a traced rate, and depthwise convolution in two implementations.
 
 XLA's CPU backend runs grouped (depthwise) convolutions, and their gradients, on a slow path;
 `depthwise_taps` computes the same convolution as k*k shifted multiply-adds, which is fast there
@@ -13,6 +14,35 @@ import jax
 import jax.numpy as jnp
 
 DEPTHWISE_IMPLS = ("conv", "taps")
+
+
+BN_MOMENTUM = 0.9
+
+
+def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
+    """BatchNorm as every proxy network uses it: batch statistics (and their running averages
+    updated, momentum 0.9) when training, the running averages otherwise.
+    """
+    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, name=name)
+
+
+def hard_swish(x: jax.Array) -> jax.Array:
+    """The activation of the FBNetV3-style macro networks."""
+    return jax.nn.hard_swish(x)
+
+
+def drop_path(x: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
+    """Stochastic depth on a residual branch: zero whole examples with probability `rate`."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / jnp.maximum(keep, 1e-6), 0.0)
+
+
+def classifier_dropout(x: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
+    """Inverted dropout with a traced rate (a recipe value: a new rate never recompiles)."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(key, keep, x.shape)
+    return jnp.where(mask, x / jnp.maximum(keep, 1e-6), 0.0)
 
 
 def default_depthwise_impl() -> str:

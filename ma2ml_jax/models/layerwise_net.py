@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ma2ml_jax.models.macro_net import classifier_dropout
+from ma2ml_jax.models.layers import batch_norm, classifier_dropout
 from ma2ml_jax.spaces.layerwise import LayerwiseSpec, agent_name
 
 
@@ -165,7 +165,7 @@ class LayerwiseNet(nn.Module):
             if layer.type == "conv":
                 h = nn.Conv(layer.features, (layer.kernel, layer.kernel), strides=layer.stride,
                             padding="SAME", use_bias=False, name=f"conv{i}")(h)
-                h = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"bn{i}")(h)
+                h = batch_norm(train, f"bn{i}")(h)
                 h = nn.relu(h)
             elif layer.type == "pool":
                 h = nn.max_pool(h, shape.window, strides=shape.window, padding="VALID")

@@ -26,8 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ma2ml_jax.models.layers import depthwise_taps
-from ma2ml_jax.models.macro_net import _act, classifier_dropout, drop_path
+from ma2ml_jax.models.layers import (
+    batch_norm,
+    classifier_dropout,
+    depthwise_taps,
+    drop_path,
+    hard_swish,
+)
 from ma2ml_jax.spaces.macro import MacroSpec
 
 
@@ -100,9 +105,6 @@ def _mask(n_active, size):
     return (jnp.arange(size) < n_active).astype(jnp.float32)
 
 
-def _bn(train, name):
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)
-
 
 def _fit(x, channels):
     """Zero-pad or crop the channel axis to `channels` (cropped channels are masked zeros)."""
@@ -168,16 +170,17 @@ class MaskedMBConv(nn.Module):
         mid_max = self.in_max * b.expansion
         mid = cin * expansion
         mid_mask = _mask(mid, mid_max)
-        expanded = _act(_bn(train, "bn_expand")(nn.Conv(mid_max, (1, 1), use_bias=False,
-                                                        name="expand")(x)))
+        expand = nn.Conv(mid_max, (1, 1), use_bias=False, name="expand")
+        expanded = hard_swish(batch_norm(train, "bn_expand")(expand(x)))
         # Expansion 1 has no expand convolution in the exact network.
         h = jnp.where(expansion == 1, _fit(x, mid_max), expanded * mid_mask)
         h = MaskedDepthwise(mid_max, b.kernel, self.stride, self.depthwise_impl,
                             name="depthwise")(h, kernel)
-        h = _act(_bn(train, "bn_depthwise")(h)) * mid_mask
+        h = hard_swish(batch_norm(train, "bn_depthwise")(h)) * mid_mask
         if b.se:
             h = MaskedSqueezeExcite(name="se")(h, mid)
-        h = _bn(train, "bn_project")(nn.Conv(b.width, (1, 1), use_bias=False, name="project")(h))
+        project = nn.Conv(b.width, (1, 1), use_bias=False, name="project")
+        h = batch_norm(train, "bn_project")(project(h))
         h = h * _mask(width, b.width)
         if self.stride == 1:
             residual = h + _fit(x, b.width)
@@ -206,7 +209,7 @@ class MaskedMacroNet(nn.Module):
             x = jax.image.resize(x, (x.shape[0], self.resolution, self.resolution, x.shape[3]),
                                  "bilinear")
         x = nn.Conv(b.stem_width, (3, 3), strides=b.stem_stride, use_bias=False, name="stem")(x)
-        x = _act(_bn(train, "bn_stem")(x)) * _mask(a.stem_width, b.stem_width)
+        x = hard_swish(batch_norm(train, "bn_stem")(x)) * _mask(a.stem_width, b.stem_width)
         cin, in_max = a.stem_width, b.stem_width
         n_blocks = jnp.maximum(1, a.depth.sum())
         block = jnp.zeros((), jnp.int32)  # index of the block among the active ones
@@ -223,7 +226,7 @@ class MaskedMacroNet(nn.Module):
                 block = block + (d < a.depth[si])
                 cin, in_max = a.width[si], s.width
         x = nn.Conv(b.head_width, (1, 1), use_bias=False, name="head")(x)
-        x = _act(_bn(train, "bn_head")(x)) * _mask(a.head_width, b.head_width)
+        x = hard_swish(batch_norm(train, "bn_head")(x)) * _mask(a.head_width, b.head_width)
         x = x.mean(axis=(1, 2))
         if train:
             x = classifier_dropout(x, dropout, self.make_rng("dropout"))

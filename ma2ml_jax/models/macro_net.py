@@ -18,9 +18,8 @@ from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from ma2ml_jax.models.layers import Depthwise
+from ma2ml_jax.models.layers import Depthwise, batch_norm, classifier_dropout, drop_path, hard_swish
 
 
 class Stage(NamedTuple):
@@ -58,24 +57,6 @@ class MacroArch(NamedTuple):
         return sum(s.depth for s in self.stages)
 
 
-def _act(x):
-    return jax.nn.hard_swish(x)
-
-
-def drop_path(x: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
-    """Stochastic depth on a residual branch: zero whole examples with probability `rate`."""
-    keep = 1.0 - rate
-    mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(mask, x / jnp.maximum(keep, 1e-6), 0.0)
-
-
-def classifier_dropout(x: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
-    """Inverted dropout with a traced rate (a recipe value: a new rate never recompiles)."""
-    keep = 1.0 - rate
-    mask = jax.random.bernoulli(key, keep, x.shape)
-    return jnp.where(mask, x / jnp.maximum(keep, 1e-6), 0.0)
-
-
 class SqueezeExcite(nn.Module):
     reduction: int = 4
 
@@ -102,15 +83,15 @@ class MBConv(nn.Module):
     def __call__(self, x, train: bool, drop_path_rate=0.0):
         cin = x.shape[-1]
         h = x
-        norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, name=name)  # noqa: E731
         if self.expansion != 1:
-            h = _act(norm("bn_expand")(nn.Conv(cin * self.expansion, (1, 1), use_bias=False,
-                                               name="expand")(h)))
+            expand = nn.Conv(cin * self.expansion, (1, 1), use_bias=False, name="expand")
+            h = hard_swish(batch_norm(train, "bn_expand")(expand(h)))
         h = Depthwise(self.kernel, self.stride, self.depthwise_impl, name="depthwise")(h)
-        h = _act(norm("bn_depthwise")(h))
+        h = hard_swish(batch_norm(train, "bn_depthwise")(h))
         if self.se:
             h = SqueezeExcite(name="se")(h)
-        h = norm("bn_project")(nn.Conv(self.width, (1, 1), use_bias=False, name="project")(h))
+        project = nn.Conv(self.width, (1, 1), use_bias=False, name="project")
+        h = batch_norm(train, "bn_project")(project(h))
         if self.stride == 1 and cin == self.width:
             if train:
                 h = drop_path(h, drop_path_rate, self.make_rng("dropout"))
@@ -136,7 +117,7 @@ class MacroNet(nn.Module):
             x = jax.image.resize(x, (x.shape[0], a.resolution, a.resolution, x.shape[3]),
                                  "bilinear")
         x = nn.Conv(a.stem_width, (3, 3), strides=a.stem_stride, use_bias=False, name="stem")(x)
-        x = _act(nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn_stem")(x))
+        x = hard_swish(batch_norm(train, "bn_stem")(x))
         block, n_blocks = 0, max(1, a.num_blocks)
         for si, s in enumerate(a.stages):
             for d in range(s.depth):
@@ -146,7 +127,7 @@ class MacroNet(nn.Module):
                            self.depthwise_impl, name=f"stage{si}_block{d}")(x, train, rate)
                 block += 1
         x = nn.Conv(a.head_width, (1, 1), use_bias=False, name="head")(x)
-        x = _act(nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn_head")(x))
+        x = hard_swish(batch_norm(train, "bn_head")(x))
         x = x.mean(axis=(1, 2))
         if train:
             x = classifier_dropout(x, dropout, self.make_rng("dropout"))

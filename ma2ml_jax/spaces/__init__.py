@@ -1,6 +1,7 @@
 """Search spaces: each agent's action is an ordered list of categorical decisions.
 
-`make_space(kind, **kwargs)` builds one from a config entry ``{kind, **arguments}``:
+`make_space(kind, **kwargs)` builds one from a config entry ``{kind, **arguments}``, and
+`make_pipeline_space(config.spaces)` the whole {agent: Space}:
 
 | kind    | factory                                          | the paper's use           |
 |---------|--------------------------------------------------|---------------------------|
@@ -19,8 +20,10 @@ user's own {decision: [values]}, scored by an objective (`search.run(..., object
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from ma2ml_jax.errors import ConfigError
 from ma2ml_jax.spaces.augment import augment_space, to_policy
 from ma2ml_jax.spaces.base import Decision, PipelineSpace, Space
 from ma2ml_jax.spaces.cell import CELL_OPS, CIFAR_CELL_LAYOUT, CellLayout, cell_space
@@ -40,8 +43,8 @@ __all__ = [
     "PipelineSpace", "SPACE_FACTORIES", "Space", "augment_space", "cell_space",
     "choices_pipeline_space", "choices_space", "choices_spaces_config",
     "layerwise_decisions", "layerwise_pipeline_space", "layerwise_space",
-    "layerwise_spaces_config", "macro_space", "make_space", "recipe_space", "to_hparams",
-    "to_policy",
+    "layerwise_spaces_config", "macro_space", "make_pipeline_space", "make_space", "recipe_space",
+    "to_hparams", "to_policy",
 ]
 
 SPACE_FACTORIES: dict[str, Callable[..., Space]] = {
@@ -76,3 +79,27 @@ def make_space(kind: str, **kwargs) -> Space:
     if missing:
         raise ValueError(f"space kind {kind!r} needs argument(s) {missing}")
     return factory(**kwargs)
+
+
+# Agents are ordered as a pipeline runs: augmentation, architecture, recipe, then the others.
+_PIPELINE_ORDER = {"augment": 0, "macro": 1, "cell": 1, "recipe": 2}
+
+
+def make_pipeline_space(spaces_config: Mapping[str, Mapping[str, Any]]) -> PipelineSpace:
+    """Builds {agent: Space} from `config.spaces` ({agent: {kind, **arguments}}).
+
+    Agents are ordered as a pipeline runs (augmentation, architecture, recipe), not by name.
+
+    Raises:
+      ConfigError: naming the agent whose entry is wrong.
+    """
+    items = sorted(spaces_config.items(), key=lambda kv: _PIPELINE_ORDER.get(kv[1].get("kind"), 3))
+    out = {}
+    for agent, spec in items:
+        spec = dict(spec)
+        kind = spec.pop("kind", None)
+        try:
+            out[agent] = make_space(kind, **spec)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"spaces.{agent}: {e}") from e
+    return PipelineSpace(out)
