@@ -229,6 +229,10 @@ def test_class_defaults_are_the_config_defaults():
     assert section == expected
 
 
+# One critic, one step (11) per update: the paper's update, which the exact checks derive by hand.
+PAPER_CRITIC = dict(critic_steps=1, ensemble=1, proposal="policy")
+
+
 def _filled(config, tells=1, seed=0):
     """An MA2ML state whose replay holds `tells` batches of 8 told pipelines."""
     parts = build_ma2ml(TABLE.space, 8, config)
@@ -262,7 +266,8 @@ def _expected_critic(parts, config, state, key, window):
 
 
 def test_one_update_fits_the_critic_to_the_standardized_minibatch_and_moves_rho():
-    config = MA2MLConfig(critic_batch=16, actor_batch=8, num_alternatives=2, updates=1, tau=0.3)
+    config = MA2MLConfig(critic_batch=16, actor_batch=8, num_alternatives=2, updates=1, tau=0.3,
+                         **PAPER_CRITIC)
     parts, state = _filled(config, tells=2)
     key = jax.random.key(7)
     expected, _ = _expected_critic(parts, config, state, key, None)
@@ -282,7 +287,7 @@ def test_one_update_fits_the_critic_to_the_standardized_minibatch_and_moves_rho(
 
 def test_on_policy_updates_see_only_the_last_tell():
     config = MA2MLConfig(critic_batch=16, actor_batch=8, num_alternatives=2, updates=1,
-                         on_policy=True, actor_actions="replay")
+                         on_policy=True, actor_actions="replay", **PAPER_CRITIC)
     parts, state = _filled(config, tells=3)
     assert int(state.last_batch) == 8 and int(state.replay.size) == 24
     key = jax.random.key(3)

@@ -80,7 +80,7 @@ class MA2MLConfig(NamedTuple):
     tau: float = 0.1  # Polyak rate of the target policies (14)
     num_alternatives: int = 8  # K: samples of A_i' per agent in the baseline (12)
     actor_lr: float = 0.02
-    critic_lr: float = 3e-3
+    critic_lr: float = 1e-2
     updates: int = 10  # update steps per iteration (tell)
     critic_batch: int = 64
     actor_batch: int = 32
@@ -89,11 +89,11 @@ class MA2MLConfig(NamedTuple):
     replay_capacity: int = 4096
     entropy: float = 0.0  # optional entropy bonus (0 = the paper's objective)
     on_policy: bool = False
-    critic_steps: int = 1  # critic steps (11) per update step
-    ensemble: int = 1  # critic members (1: the paper's critic); (12)-(13) use their mean
+    critic_steps: int = 32  # critic steps (11) per update step
+    ensemble: int = 5  # critic members (1: the paper's critic); (12)-(13) use their mean
     # Which pipelines are evaluated: policy (P samples of the policies, the paper's Algorithm 1)
     # | screened (the P best never-evaluated candidates by the critic ensemble; agents.screening)
-    proposal: str = "policy"
+    proposal: str = "screened"
     candidates: int = 512  # screened: policy samples scored per ask
     uniform_candidates: int = 0  # screened: uniform samples scored per ask
     parents: int = 3  # screened: best pipelines whose one-decision neighbours are scored

@@ -80,8 +80,11 @@ TUNING_SEARCHER_SEEDS = (100, 101, 102)
 # name -> (search.algorithm, config overrides, search.avoid_repeats)
 ALGORITHMS = {
     "ma2ml": ("ma2ml", {}, True),
-    "ma2ml_policy": ("ma2ml", {"ma2ml.proposal": "policy"}, True),
-    "ma2ml_screened": ("ma2ml", {"ma2ml.proposal": "screened", "ma2ml.ensemble": 5}, True),
+    # The paper's proposals (P samples of the policies) with the default critic, one member.
+    "ma2ml_policy": ("ma2ml", {"ma2ml.proposal": "policy", "ma2ml.ensemble": 1}, True),
+    # The paper's Algorithm 1 as written: policy proposals, one critic step (11) per update.
+    "ma2ml_paper": ("ma2ml", {"ma2ml.proposal": "policy", "ma2ml.ensemble": 1,
+                              "ma2ml.critic_steps": 1, "ma2ml.critic_lr": 3e-3}, True),
     "ma2ml_replay": ("ma2ml", {"ma2ml.actor_actions": "replay"}, True),
     "ma2ml_onpolicy": ("ma2ml_onpolicy", {}, True),
     "ma2ml_with_repeats": ("ma2ml", {}, False),
