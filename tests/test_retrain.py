@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _search_config():
     """configs/default.py:local, shrunk: one iteration of 3 pipelines, 4 proxy steps each."""
     c = default.get_config("local")
+    c.search.algorithm = "random"  # what is retrained matters here, not how it was found
     c.search.iterations = 1
     c.search.pipelines = 3
     c.evaluate.epochs = 1

@@ -395,6 +395,7 @@ def test_a_tiny_search_streams_end_to_end(small, tmp_path):
         assert t["failure"] is None and np.isfinite(t["loss"]) and 0 <= t["accuracy"] <= 1
 
 
+@pytest.mark.slow  # the masked network sharded over 4 devices: minutes on 2 CPU cores; CI runs it
 def test_a_second_streamed_evaluation_compiles_nothing(small):
     from _compiles import compilations
 
