@@ -81,5 +81,6 @@ def test_tiny_config_writes_the_golden_log(tmp_path):
     c.search.pipelines = 2
     # 3 epochs of 512 images: accuracies well above chance, so that the check can fail.
     search.run(c, str(tmp_path), progress=False)
-    # One validation image of 180 more or fewer right is 0.0056.
-    _check("tiny_random", _log(tmp_path, "accuracy"), 0.02)
+    # 300 validation images: 0.05 is 15 of them, room for another CPU's rounding over 3 epochs,
+    # far below what a changed data order, augmentation or network does.
+    _check("tiny_random", _log(tmp_path, "accuracy"), 0.05)
