@@ -60,6 +60,39 @@ class Dataset(NamedTuple):
                 f"val {len(self.y_val)}, test {len(self.y_test)}")
 
 
+def seeded_split(labels: np.ndarray, num_classes: int, classes: int, val_size: int,
+                 max_train: int, seed: int, source: str
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """The seeded class subset and train / validation split of a train split's labels.
+
+    `load` and `stream.load` both draw through here, so that in memory and streamed a seed picks
+    the same classes and images.
+
+    Returns:
+      (train indices, sorted; validation indices, in draw order; the label remap of the class
+      subset (-1 for a dropped class) or None; the number of classes).
+    """
+    rng = np.random.default_rng(seed)
+    chosen, remap = np.arange(len(labels)), None
+    if classes:
+        if not 1 < classes <= num_classes:
+            raise DataError(f"{source}: data.classes={classes} but the data has {num_classes} "
+                            f"classes; choose 2..{num_classes} (or 0 for all)")
+        keep = np.sort(rng.choice(num_classes, classes, replace=False))
+        remap = np.full(num_classes, -1, np.int32)
+        remap[keep] = np.arange(classes)
+        chosen = np.flatnonzero(np.isin(labels, keep))
+        num_classes = classes
+    if not 0 < val_size < len(chosen):
+        raise DataError(f"{source}: data.val_size={val_size} must be in 1..{len(chosen) - 1} "
+                        f"(the train split has {len(chosen)} images)")
+    perm = rng.permutation(len(chosen))
+    val, train = perm[:val_size], perm[val_size:]
+    if max_train and max_train < len(train):
+        train = train[:max_train]
+    return chosen[np.sort(train)], chosen[val], remap, num_classes
+
+
 def load(source: str, *, val_size: int, seed: int = 0, classes: int = 0,
          data_dir: str | None = None, max_train: int = 0, num_classes: int = 0) -> Dataset:
     """Loads a dataset and carves the validation split from train.
@@ -109,28 +142,14 @@ def load(source: str, *, val_size: int, seed: int = 0, classes: int = 0,
     if test_only := sorted(set(np.unique(y_test)) - set(np.unique(y_train))):
         raise DataError(f"{source}: labels {test_only[:5]} occur in test but never in train")
 
-    rng = np.random.default_rng(seed)
-    if classes:
-        if not 1 < classes <= num_classes:
-            raise DataError(f"{source}: data.classes={classes} but the data has {num_classes} "
-                            f"classes; choose 2..{num_classes} (or 0 for all)")
-        keep = np.sort(rng.choice(num_classes, classes, replace=False))
-        remap = np.full(num_classes, -1, np.int32)
-        remap[keep] = np.arange(classes)
-        tr, te = np.isin(y_train, keep), np.isin(y_test, keep)
-        x_train, y_train = x_train[tr], remap[y_train[tr]]
+    train_idx, val_idx, remap, num_classes = seeded_split(
+        y_train, num_classes, classes, val_size, max_train, seed, source)
+    if remap is not None:
+        te = remap[y_test] >= 0
         x_test, y_test = x_test[te], remap[y_test[te]]
-        num_classes = classes
-
-    if not 0 < val_size < len(y_train):
-        raise DataError(f"{source}: data.val_size={val_size} must be in 1..{len(y_train) - 1} "
-                        f"(the train split has {len(y_train)} images)")
-    perm = rng.permutation(len(y_train))
-    val_idx, train_idx = perm[:val_size], perm[val_size:]
-    if max_train and max_train < len(train_idx):
-        train_idx = train_idx[:max_train]
+        y_train = remap[y_train]
     x_val, y_val = x_train[val_idx], y_train[val_idx]
-    x_train, y_train = x_train[np.sort(train_idx)], y_train[np.sort(train_idx)]
+    x_train, y_train = x_train[train_idx], y_train[train_idx]
 
     pixels = x_train.reshape(-1, x_train.shape[-1]).astype(np.float64)
     mean = pixels.mean(0).astype(np.float32)

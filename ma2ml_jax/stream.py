@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from ma2ml_jax import data
 from ma2ml_jax.errors import DataError
 
 MODES = ("auto", "true", "false")
@@ -597,27 +598,12 @@ def load(source: str, *, val_size: int, seed: int = 0, classes: int = 0, num_cla
                         f"{num_classes}; labels must lie in 0..{num_classes - 1}")
     num_classes = num_classes or getattr(features["label"], "num_classes", 0) or top + 1
 
-    # The draws of data.load, in its order, so that both pick the same images.
-    rng = np.random.default_rng(seed)
-    chosen = np.arange(len(labels))
-    if classes:
-        if not 1 < classes <= num_classes:
-            raise DataError(f"{source}: data.classes={classes} but the data has {num_classes} "
-                            f"classes; choose 2..{num_classes} (or 0 for all)")
-        keep = np.sort(rng.choice(num_classes, classes, replace=False))
-        remap = np.full(num_classes, -1, np.int32)
-        remap[keep] = np.arange(classes)
-        chosen = np.flatnonzero(np.isin(labels, keep))
+    # The draws of data.load, so that both pick the same images.
+    train, val, remap, num_classes = data.seeded_split(labels, num_classes, classes, val_size,
+                                                       max_train, seed, source)
+    val = np.sort(val)
+    if remap is not None:
         labels = remap[labels]
-        num_classes = classes
-    if not 0 < val_size < len(chosen):
-        raise DataError(f"{source}: data.val_size={val_size} must be in 1..{len(chosen) - 1} "
-                        f"(the train split has {len(chosen)} images)")
-    perm = rng.permutation(len(chosen))
-    val, train = perm[:val_size], perm[val_size:]
-    if max_train and max_train < len(train):
-        train = train[:max_train]
-    train, val = chosen[np.sort(train)], chosen[np.sort(val)]
     dataset = StreamingDataset(source, records, train, labels[train], val, labels[val],
                                num_classes, image_size, channels, np.zeros(channels, np.float32),
                                np.ones(channels, np.float32), workers, prefetch, p, n)
