@@ -74,6 +74,7 @@ def test_searcher_on_an_objective_writes_the_golden_log(algorithm, tmp_path):
     _check(f"objective_{algorithm}", _log(tmp_path), 1e-6)
 
 
+@pytest.mark.slow  # a minute of real training; CI's slow step runs it
 def test_tiny_config_writes_the_golden_log(tmp_path):
     c = default_config.get_config("local")
     c.search.algorithm = "random"

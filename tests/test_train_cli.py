@@ -83,6 +83,7 @@ def test_end_to_end_local_run_then_resume(local_run):
     assert trials2[:6] == trials and len(trials2) == 9
 
 
+@pytest.mark.slow  # two processes compile and train the masked network: minutes; CI runs it
 def test_two_processes_train_the_pipelines_of_one_process(local_run, tmp_path):
     """Proxy training sharded over a mesh spanning two processes (2 CPU devices
     each, `_processes.py`) logs what the single-process run logged (pipelines, rewards,
