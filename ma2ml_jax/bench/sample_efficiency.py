@@ -1,5 +1,9 @@
-r"""Sample efficiency of the searchers on synthetic cooperative objectives with a known optimum.
+r"""Sample efficiency of the searchers on objectives with a known optimum: synthetic cooperative
+objectives, or the real problems of `bench.suite` (`--suite=real`).
 
+    python -m ma2ml_jax.bench.sample_efficiency --suite=real --seeds=10 --jobs=2 --no_timing \
+        --algorithms=random,tpe,evolution,local,ma2ml,ma2ml_paper   # the real suite's table
+    python -m ma2ml_jax.bench.sample_efficiency --suite=real --sweep --jobs=2   # MA2ML's defaults
     python -m ma2ml_jax.bench.sample_efficiency                 # the reported run (10 seeds)
     python -m ma2ml_jax.bench.sample_efficiency --sweep         # the defaults sweep (tuning set)
     python -m ma2ml_jax.bench.sample_efficiency --timing        # only the MA2ML update timing
