@@ -276,6 +276,7 @@ def make_evaluator(config: ml_collections.ConfigDict,
         """
         arrays, hp, policy, k_init, k_train = stage(progs, members, key)
         states = progs.init(k_init, arrays)
+        inputs = sharded.PipelineInputs(hp, policy, k_train, arrays)
         failure: list[str | None] = [None] * len(members)
         losses = None
         first_epoch_end = None
@@ -284,8 +285,8 @@ def make_evaluator(config: ml_collections.ConfigDict,
                 worst = []
                 for step0, x_all, y_all, rows, valid in data(epoch):
                     on_mesh = progs.replicate(valid)  # read by `train` and by the line below
-                    states, losses = progs.train(states, x_all, y_all, rows, on_mesh, hp,
-                                                 policy, k_train, np.int32(epoch), step0, arrays)
+                    states, losses = progs.train(states, inputs, sharded.ChunkInputs(
+                        x_all, y_all, rows, on_mesh, np.int32(epoch), step0))
                     w = jnp.where(jnp.isfinite(losses), losses, jnp.inf)
                     worst.append(jnp.where(on_mesh, w, -jnp.inf).max(-1))
                     last = int(valid.sum()) - 1
@@ -342,8 +343,9 @@ def make_evaluator(config: ml_collections.ConfigDict,
             step0, x_all, y_all, rows, valid = next(data(0))
         for _ in range(2):
             t0 = time.perf_counter()
-            states, losses = progs.train(states, x_all, y_all, rows, valid, hp, policy,
-                                         k_train, np.int32(0), step0, arrays)
+            states, losses = progs.train(
+                states, sharded.PipelineInputs(hp, policy, k_train, arrays),
+                sharded.ChunkInputs(x_all, y_all, rows, valid, np.int32(0), step0))
             jax.block_until_ready(losses)
         return time.perf_counter() - t0
 

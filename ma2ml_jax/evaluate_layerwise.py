@@ -38,8 +38,7 @@ import ml_collections
 import numpy as np
 
 from ma2ml_jax import augment, cost, proxy, sharded, termination
-from ma2ml_jax.config import steps_per_epoch
-from ma2ml_jax.data import Dataset
+from ma2ml_jax.data import Dataset, steps_per_epoch
 from ma2ml_jax.evaluator import DEFAULT_RECIPE, Evaluator, carrying_state, padded_batches
 from ma2ml_jax.models import layerwise_net
 from ma2ml_jax.spaces import PipelineSpace
@@ -126,6 +125,8 @@ def make_layerwise_evaluator_with_state(config: ml_collections.ConfigDict, datas
         k_train = jax.random.key_data(k_train)
         last_loss = [float("nan")]
 
+        inputs = sharded.PipelineInputs(hp, policy, k_train, None)
+
         def attempt(a: int, monitor: termination.Monitor):
             state = progs.init(jax.random.key_data(jax.random.fold_in(k_init, a)), None)
             for epoch in range(monitor.max_epochs):
@@ -136,9 +137,8 @@ def make_layerwise_evaluator_with_state(config: ml_collections.ConfigDict, datas
                 total = 0.0
                 for s in range(spe):
                     monitor.batch_started()
-                    state, losses = progs.train(state, x_train, y_train, rows[s], valid_one, hp,
-                                                policy, k_train, np.int32(epoch), np.int32(s),
-                                                None)
+                    state, losses = progs.train(state, inputs, sharded.ChunkInputs(
+                        x_train, y_train, rows[s], valid_one, np.int32(epoch), np.int32(s)))
                     loss = float(losses[0])  # the host sync that times the batch
                     last_loss[0] = loss
                     total += loss

@@ -44,6 +44,28 @@ STRATEGIES = ("loop", "unrolled", "vmap", "map")
 STEP_LOOPS = ("host", "scan")
 
 
+class PipelineInputs(NamedTuple):
+    """What one pipeline trains with besides its state; stacked, every leaf has a leading
+    pipeline axis [P] (`stack`), sharded over the mesh.
+    """
+
+    hp: Any  # the recipe's traced values (`proxy.HParams`)
+    policy: Any  # the augmentation policy's arrays
+    key_data: jax.Array  # uint32 key data of the pipeline's training key
+    arch: Any  # the architecture's arrays (None: a network without searched arrays)
+
+
+class ChunkInputs(NamedTuple):
+    """What the pipelines of a call share (replicated): the training set, the chunk's steps."""
+
+    x_all: jax.Array  # [N, ...] training images
+    y_all: jax.Array  # [N] labels
+    rows: jax.Array  # int32[S, B]: step j trains on x_all[rows[j]]
+    valid: jax.Array  # bool[S]: a padded step (False) changes nothing and reports loss 0
+    epoch: jax.Array  # int32[]
+    step0: jax.Array  # int32[]: the index of step 0 of the chunk within its epoch
+
+
 class Programs(NamedTuple):
     """The jitted programs of one trainer and strategy.
 
@@ -52,8 +74,7 @@ class Programs(NamedTuple):
     """
 
     init: Callable  # (key_data[P], arch[P]) -> states[P]
-    # (states, x_all, y_all, rows[S, B], valid[S], hp[P], policy[P], key_data[P], epoch, step0,
-    #  arch[P]) -> (states, losses[P, S]); rows index x_all, invalid steps change nothing.
+    # (states[P], PipelineInputs[P], ChunkInputs) -> (states, losses[P, S])
     train: Callable
     eval_batch: Callable  # (states, x[B], y[B], valid[B], use_ema[P], arch[P]) -> correct[P]
     num_devices: int
@@ -67,28 +88,29 @@ class Programs(NamedTuple):
 def make_train_chunk(trainer: Trainer, steps: int, step_loop: str) -> Callable:
     """One pipeline's training over a chunk of `steps` steps, as a pure function.
 
-    Returns `train(state, x_all, y_all, rows, valid, hp, policy, key_data, epoch, step0, arch)`
-    -> (state, losses float32[steps]): step j trains on `x_all[rows[j]]` if `valid[j]` (a padded
+    Returns `train(state, pipeline: PipelineInputs, chunk: ChunkInputs)` -> (state, losses
+    float32[steps]): step j trains on `chunk.x_all[chunk.rows[j]]` if `chunk.valid[j]` (a padded
     step leaves the state unchanged and reports loss 0).
     """
     if step_loop not in STEP_LOOPS:
         raise ValueError(f"unknown step loop {step_loop!r}; valid: {STEP_LOOPS}")
 
-    def train(state, x_all, y_all, rows, valid, hp, policy, key_data, epoch, step0, arch):
-        k_epoch = jax.random.fold_in(jax.random.wrap_key_data(key_data), epoch)
+    def train(state, pipeline: PipelineInputs, chunk: ChunkInputs):
+        k_epoch = jax.random.fold_in(jax.random.wrap_key_data(pipeline.key_data), chunk.epoch)
 
         def one(state, j):
-            key = jax.random.fold_in(k_epoch, step0 + j + 1)
-            idx = rows[j]
-            return trainer.train_step(state, x_all[idx], y_all[idx], hp, policy, key, arch)
+            key = jax.random.fold_in(k_epoch, chunk.step0 + j + 1)
+            idx = chunk.rows[j]
+            return trainer.train_step(state, chunk.x_all[idx], chunk.y_all[idx], pipeline.hp,
+                                      pipeline.policy, key, pipeline.arch)
 
         def guarded(state, j):
             if steps == 1:  # a one-step chunk is never padded
                 return one(state, j)
             # A padded step's loss is 0, derived from the state so that it varies over the
             # mesh axis exactly as a real step's loss does (shard_map checks the branches agree).
-            return jax.lax.cond(valid[j], one, lambda s, _: (s, 0.0 * s.step.astype(jnp.float32)),
-                                state, j)
+            return jax.lax.cond(chunk.valid[j], one,
+                                lambda s, _: (s, 0.0 * s.step.astype(jnp.float32)), state, j)
 
         if step_loop == "scan":
             return jax.lax.scan(guarded, state, jnp.arange(steps))
@@ -180,12 +202,11 @@ def make_programs(trainer: Trainer, strategy: str, devices=None, *, steps_per_ca
         return call
 
     init = _over_local(init_one, strategy, (0, 1), map_chunk)
-    train = _over_local(chunk, strategy, (0, 5, 6, 7, 10), map_chunk)
+    train = _over_local(chunk, strategy, (0, 1), map_chunk)
     evaluate = _over_local(trainer.eval_batch, strategy, (0, 4, 5), map_chunk)
     return Programs(
         init=shard(init, (pipe, pipe), pipe),
-        train=shard(train, (pipe, rep, rep, rep, rep, pipe, pipe, pipe, rep, rep, pipe),
-                    (pipe, pipe), donate=(0,)),
+        train=shard(train, (pipe, pipe, rep), (pipe, pipe), donate=(0,)),
         eval_batch=shard(evaluate, (pipe, rep, rep, rep, pipe, pipe), pipe),
         num_devices=len(devices), stacked=True, steps_per_call=steps_per_call,
         replicate=lambda tree: place(tree, placement[rep]))
