@@ -135,7 +135,6 @@ def _lead(config, workdir, space, objective, progress, channel) -> SearchResult:
     avoid = (config.search.avoid_repeats
              and config.search.algorithm in config_lib.REPEAT_AWARE)
     guard = agents.RepeatGuard(searcher, avoid, config.search.repeat_rounds)
-    propose, learn = guard.propose, guard.learn
 
     checkpoints = None
     if (config.search.checkpoint and checkpoint_lib.checkpointable(state)
@@ -159,12 +158,17 @@ def _lead(config, workdir, space, objective, progress, channel) -> SearchResult:
                 evaluator_state, evaluator_first = restored, step
             tqdm.write(f"resuming {workdir}: searcher state restored from the checkpoint of "
                        f"iteration {step}")
+    def logged_rewards(it):
+        def evaluate(actions, key):
+            del key
+            logged = _logged(trials, it)
+            _check_replay(actions, logged, it)
+            return [t["reward"] for t in logged], None
+
+        return evaluate
+
     for it in range(first, done):  # resume: replay the logged iterations through ask/tell
-        k_ask, _ = _iteration_keys(root, it)
-        actions, replaced, state = propose(state, k_ask)
-        logged = _logged(trials, it)
-        _check_replay(actions, logged, it)
-        state = learn(state, actions, replaced, [t["reward"] for t in logged])
+        state, _, _ = guard.step(state, root, it, logged_rewards(it))
     for it in range(evaluator_first, done):
         evaluator_state = evaluator.replay(evaluator_state,
                                            [_logged_metrics(t) for t in _logged(trials, it)])
@@ -179,16 +183,21 @@ def _lead(config, workdir, space, objective, progress, channel) -> SearchResult:
                initial=done, desc="search", unit="iter", disable=not progress, dynamic_ncols=True)
     start, evaluated = time.perf_counter(), 0
     scalars = tensorboard.ScalarWriter(os.path.join(workdir, "tensorboard"))
+    def evaluate(it, evaluator_state):
+        def run(tokens, key):
+            pipelines = [space.decode(tokens, p) for p in range(config.search.pipelines)]
+            channel.send(it, tokens)
+            channel.evaluating = True  # the other processes are in the same (collective) training
+            evaluator_state_, metrics = evaluator.evaluate(evaluator_state, pipelines, key)
+            channel.evaluating = False
+            reward = [float(m["reward"]) if "reward" in m else reward_fn(m) for m in metrics]
+            return reward, (pipelines, metrics, reward, evaluator_state_)
+
+        return run
+
     for it in bar:
-        k_ask, k_eval = _iteration_keys(root, it)
-        tokens, replaced, state = propose(state, k_ask)
-        pipelines = [space.decode(tokens, p) for p in range(config.search.pipelines)]
-        channel.send(it, tokens)
-        channel.evaluating = True  # the other processes are in the same (collective) training
-        evaluator_state, metrics = evaluator.evaluate(evaluator_state, pipelines, k_eval)
-        channel.evaluating = False
-        reward = [float(m["reward"]) if "reward" in m else reward_fn(m) for m in metrics]
-        state = learn(state, tokens, replaced, reward)
+        state, tokens, (pipelines, metrics, reward, evaluator_state) = guard.step(
+            state, root, it, evaluate(it, evaluator_state))
         new = [_trial(it, p, pipelines[p], {a: v[p] for a, v in tokens.items()}, reward[p],
                       metrics[p]) for p in range(len(pipelines))]
         workdir_lib.append_trials(log_path, new)
@@ -238,7 +247,7 @@ def _follow(config, workdir, space, objective, channel) -> SearchResult:
         if evaluator is not None:
             evaluator_state, _ = evaluator.evaluate(
                 evaluator_state, [space.decode(tokens, p) for p in range(config.search.pipelines)],
-                _iteration_keys(root, it)[1])
+                agents.iteration_keys(root, it)[1])
     got = channel.result()
     return _result(got["trials"], workdir, space, got["repeat_fraction"],
                    got["evaluated_repeat_fraction"])
@@ -280,11 +289,6 @@ def summary(result: SearchResult) -> str:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _iteration_keys(root: jax.Array, iteration: int) -> tuple[jax.Array, jax.Array]:
-    """Per-iteration keys by fold_in, so a resumed run draws the same numbers (big_vision)."""
-    return tuple(jax.random.split(jax.random.fold_in(root, iteration + 1)))
-
-
 _METRICS = ("reward", "accuracy", "loss", "flops", "params", "wall_time", "failure")
 
 

@@ -10,6 +10,7 @@ from ma2ml_jax.agents.repeats import (
     RepeatGuard,
     avoid_repeats,
     count_repeats,
+    iteration_keys,
     known_rewards,
     pipeline_key,
 )
@@ -17,7 +18,8 @@ from ma2ml_jax.errors import ConfigError, choices
 from ma2ml_jax.spaces import PipelineSpace
 
 __all__ = ["ALGORITHMS", "Actions", "REPEAT_AWARE", "RepeatGuard", "Searcher", "avoid_repeats",
-           "count_repeats", "known_rewards", "make_random_search", "make_searcher", "pipeline_key"]
+           "count_repeats", "iteration_keys", "known_rewards", "make_random_search",
+           "make_searcher", "pipeline_key"]
 
 # `search.algorithm`: the searchers `make_searcher` builds.
 ALGORITHMS = ("random", "tpe", "ma2ml", "ma2ml_onpolicy", "lite", "qlearning", "evolution",

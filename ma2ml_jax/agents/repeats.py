@@ -22,6 +22,14 @@ import jax
 import numpy as np
 
 
+def iteration_keys(root: jax.Array, iteration: int) -> tuple[jax.Array, jax.Array]:
+    """(ask key, evaluation key) of a search iteration, by fold_in so that a resumed search
+    draws the same numbers (big_vision); the searcher's init key is `fold_in(root, 0)`.
+    """
+    k_ask, k_eval = jax.random.split(jax.random.fold_in(root, iteration + 1))
+    return k_ask, k_eval
+
+
 def pipeline_key(actions: Mapping[str, Any], index: int) -> bytes:
     """A hashable identity of pipeline `index` of a batch {agent: int[P, n]}."""
     return b"|".join(np.asarray(actions[a][index], np.int32).tobytes() for a in sorted(actions))
@@ -109,11 +117,12 @@ class RepeatGuard:
         guard = RepeatGuard(searcher, avoid=True, max_rounds=10)
         actions, replaced, state = guard.propose(state, key)   # P pipelines to evaluate
         state = guard.learn(state, actions, replaced, rewards) # tells them and the replaced
+        state, actions, out = guard.step(state, root, it, evaluate)   # one whole iteration
 
     Keeps every evaluated pipeline's first reward (`history`) and counts asked pipelines and
     asked repeats, also when `avoid` is off (so every algorithm's repeat fraction is known), and
     the repeats actually evaluated (those no replacement was found for).
-    Used by `search.run` and the sample-efficiency benchmark alike.
+    `step` is the search iteration of `search.run` and of the sample-efficiency benchmark.
     """
 
     def __init__(self, searcher, avoid: bool, max_rounds: int = 10):
@@ -171,3 +180,21 @@ class RepeatGuard:
             self.history.setdefault(pipeline_key(actions, p), float(rewards[p]))
         state, _ = self.searcher.tell(state, actions, rewards)
         return state
+
+    def step(self, state, root: jax.Array, iteration: int, evaluate: Callable):
+        """One search iteration: ask (repeats replaced) -> evaluate -> tell.
+
+        Args:
+          state: the searcher's state.
+          root: the search's root key (`iteration_keys`).
+          iteration: its index.
+          evaluate: (actions {agent: int[P, n]}, key) -> (rewards float[P], out): evaluates the
+            batch with the iteration's evaluation key; `out` is passed back.
+
+        Returns:
+          (the searcher's state after tell, the evaluated actions, out).
+        """
+        k_ask, k_eval = iteration_keys(root, iteration)
+        actions, replaced, state = self.propose(state, k_ask)
+        rewards, out = evaluate(actions, k_eval)
+        return self.learn(state, actions, replaced, rewards), actions, out

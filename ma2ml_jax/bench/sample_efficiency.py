@@ -115,20 +115,23 @@ def searcher_config(algorithm: str, overrides: dict[str, Any], pipelines: int):
 
 def run_one(searcher, avoid: bool, objective, true_reward, noisy_reward, seed: int, budget: int,
             pipelines: int, rounds: int = 10) -> dict[str, Any]:
-    """One search as `search.run` drives it; best-so-far of the true reward per evaluation."""
+    """One search with `search.run`'s iteration step and keys (`search.seed` = seed);
+    best-so-far of the true reward per evaluation.
+    """
     guard = agents.RepeatGuard(searcher, avoid, rounds)
-    state = searcher.init(jax.random.fold_in(jax.random.key(seed), 0))
-    root = jax.random.key(seed + 7919)
+    root = jax.random.key(seed)
+    state = searcher.init(jax.random.fold_in(root, 0))
     curve, best = [], -np.inf
-    for it in range(budget // pipelines):
-        k_ask, k_noise = jax.random.split(jax.random.fold_in(root, it))
-        actions, replaced, state = guard.propose(state, k_ask)
+
+    def evaluate(actions, key):
         true = np.asarray(true_reward(actions))
-        told = np.asarray(noisy_reward(actions, k_noise)) if objective.noise else true
+        return (np.asarray(noisy_reward(actions, key)) if objective.noise else true), true
+
+    for it in range(budget // pipelines):
+        state, _, true = guard.step(state, root, it, evaluate)
         for r in true:
             best = max(best, float(r))
             curve.append(best)
-        state = guard.learn(state, actions, replaced, told)
     return {"curve": np.asarray(curve, np.float32), "repeat_fraction": guard.repeat_fraction,
             "evaluated_repeat_fraction": guard.evaluated_repeat_fraction}
 
