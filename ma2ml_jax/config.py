@@ -18,16 +18,19 @@ from ma2ml_jax.agents.lite import LiteConfig
 from ma2ml_jax.agents.ma2ml import MA2MLConfig
 from ma2ml_jax.agents.qlearning import QLearningConfig
 from ma2ml_jax.errors import ConfigError, choices
+from ma2ml_jax.evaluate import NETWORKS
+from ma2ml_jax.rewards import REWARDS
+from ma2ml_jax.sharded import STEP_LOOPS
+from ma2ml_jax.sharded import STRATEGIES as TRAINING_STRATEGIES
+from ma2ml_jax.spaces import SPACE_FACTORIES
+from ma2ml_jax.stream import MODES as STREAM_MODES
 
 __all__ = ["ALGORITHMS", "REPEAT_AWARE", "base_config", "validate"]
 
-REWARDS = ("accuracy", "mnas", "linear", "iranfar")
-NETWORKS = ("auto", "masked", "exact")
-STRATEGIES = ("auto", "loop", "unrolled", "vmap", "map")
-STEP_LOOPS = ("host", "scan")
-STREAM_MODES = ("auto", "true", "false")
-SPACE_KINDS = ("augment", "macro", "cell", "recipe", "layerwise", "choices")
-AGENTS = ("aug", "nas", "hpo")
+# The choice lists live with the code that dispatches on them; "auto" strategy: chosen by
+# evaluate.auto_candidates.
+STRATEGIES = ("auto",) + TRAINING_STRATEGIES
+SPACE_KINDS = tuple(SPACE_FACTORIES)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -301,12 +304,3 @@ def setup_jax_for_cli() -> None:
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(
             os.environ.get("MA2ML_JAX_CACHE", "~/.cache/ma2ml_jax")))
-
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Training steps in one epoch (the last partial batch is dropped, at least one step)."""
-    return max(1, num_examples // batch_size)
-
-
-def total_steps(epochs: float, num_examples: int, batch_size: int) -> int:
-    return max(1, int(math.ceil(epochs * steps_per_epoch(num_examples, batch_size))))

@@ -60,6 +60,11 @@ class Dataset(NamedTuple):
                 f"val {len(self.y_val)}, test {len(self.y_test)}")
 
 
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Training steps in one epoch (the last partial batch is dropped, at least one step)."""
+    return max(1, num_examples // batch_size)
+
+
 def seeded_split(labels: np.ndarray, num_classes: int, classes: int, val_size: int,
                  max_train: int, seed: int, source: str
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:

@@ -40,8 +40,7 @@ import ml_collections
 import numpy as np
 
 from ma2ml_jax import augment, cost, distributed, models, proxy, sharded, stream
-from ma2ml_jax.config import steps_per_epoch
-from ma2ml_jax.data import Dataset
+from ma2ml_jax.data import Dataset, steps_per_epoch
 from ma2ml_jax.errors import DataError
 from ma2ml_jax.evaluator import (
     DEFAULT_RECIPE,
@@ -376,6 +375,9 @@ def make_evaluator(config: ml_collections.ConfigDict,
 
     evaluate.strategy = lambda: chosen["strategy"]  # the strategy in use (after "auto" chose)
     return evaluate
+
+
+NETWORKS = ("auto", "masked", "exact")  # `evaluate.network`, `retrain.network`
 
 
 def resolve_network(network: str, arch_kind: str, backend: str) -> str:

@@ -21,8 +21,9 @@ from typing import Any
 
 import ml_collections
 
-from ma2ml_jax.config import REWARDS
 from ma2ml_jax.errors import ConfigError, choices
+
+REWARDS = ("accuracy", "mnas", "linear", "iranfar")  # `reward.kind`
 
 
 def make_reward_fn(config: ml_collections.ConfigDict) -> Callable[[Mapping[str, Any]], float]:

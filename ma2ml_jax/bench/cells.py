@@ -58,7 +58,7 @@ def build(network: str, cells: int, channels: int, seed: int):
     import jax
 
     from ma2ml_jax import models, proxy
-    from ma2ml_jax.config import steps_per_epoch
+    from ma2ml_jax.data import steps_per_epoch
     from ma2ml_jax.evaluate import agent_roles
     from ma2ml_jax.models.cell_masked import MaskedCellNet, cell_arrays
     from ma2ml_jax.spaces import augment as augment_space

@@ -120,7 +120,7 @@ def make_naive_evaluator(config, dataset, space, host_augment: bool = True,
 
     from ma2ml_jax import cost, proxy
     from ma2ml_jax.bench import pil_augment
-    from ma2ml_jax.config import steps_per_epoch
+    from ma2ml_jax.data import steps_per_epoch
     from ma2ml_jax.evaluate import agent_roles
     from ma2ml_jax.spaces import augment as augment_space
     from ma2ml_jax.spaces import recipe as recipe_space
@@ -251,7 +251,7 @@ def run_variant(variant: str, args) -> dict[str, Any]:
         config.evaluate.step_loop = loop or "host"
         evaluate = evaluate_lib.make_evaluator(config, dataset, space, log=print)
     counter.take()
-    from ma2ml_jax.config import steps_per_epoch
+    from ma2ml_jax.data import steps_per_epoch
 
     batch = config.evaluate.batch_size
     steps = max(1, int(round(config.evaluate.epochs * steps_per_epoch(len(dataset.y_train),
