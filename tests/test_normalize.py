@@ -3,10 +3,12 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 from ma2ml_jax.agents.normalize import (
     RunningStats,
     finite_rewards,
+    normal_scores,
     pad_batch,
     standardize,
     update_stats,
@@ -51,3 +53,19 @@ def test_pad_batch_pads_to_a_multiple_of_p():
     assert padded["aug"].shape == (8, 2) and rewards.shape == (8,)
     assert valid.tolist() == [True] * 5 + [False] * 3
     assert pad_batch(actions, jnp.arange(5.0), 8)[0]["aug"].shape == (8, 2)
+
+
+def test_normal_scores_are_the_normal_quantiles_of_mid_ranks():
+    rng = np.random.default_rng(0)
+    values = np.round(rng.normal(size=50), 1)  # ties
+    values[:5] = -1000.0  # failures far below: no effect beyond their ranks
+    valid = np.ones(64, bool)
+    valid[50:] = False
+    padded = np.concatenate([values, np.full(14, 5.0)])  # unused slots: ignored
+    got = np.asarray(normal_scores(jnp.asarray(padded), jnp.asarray(valid)))
+    want = scipy.stats.norm.ppf((scipy.stats.rankdata(values) - 0.5) / 50)
+    np.testing.assert_allclose(got[:50], want, atol=1e-5)
+    assert (got[50:] == 0).all()
+    # One valid value: the median score.
+    one = normal_scores(jnp.asarray([3.0, 1.0]), jnp.asarray([True, False]))
+    assert np.asarray(one).tolist() == [0.0, 0.0]

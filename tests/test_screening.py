@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 from ma2ml_jax.agents import pipeline_key, screening
 from ma2ml_jax.agents.ma2ml import MA2MLConfig, build_ma2ml
@@ -60,20 +61,34 @@ def test_ucb_prefers_uncertain_candidates_and_respects_allowed():
     scores = jnp.asarray([[1.0, 0.0, 2.0, 0.5], [1.0, 2.0, 2.0, 0.5]])  # means 1, 1, 2, .5
     allowed = jnp.asarray([True, True, False, True])
     key = jax.random.key(0)
-    assert screening.select(scores, allowed, 1, "ucb", 0.0, key).tolist() in ([0], [1])
-    assert screening.select(scores, allowed, 1, "ucb", 1.0, key).tolist() == [1]  # std 1
-    assert sorted(screening.select(scores, allowed, 3, "ucb", 0.0, key).tolist()) == [0, 1, 3]
+    tier = screening.tiers(allowed)
+    assert screening.select(scores, tier, 1, "ucb", 0.0, key).tolist() in ([0], [1])
+    assert screening.select(scores, tier, 1, "ucb", 1.0, key).tolist() == [1]  # std 1
+    assert sorted(screening.select(scores, tier, 3, "ucb", 0.0, key).tolist()) == [0, 1, 3]
     # Fewer allowed than asked: the rest are the best of the others.
-    assert sorted(screening.select(scores, allowed, 4, "ucb", 0.0, key).tolist()) == [0, 1, 2, 3]
+    assert sorted(screening.select(scores, tier, 4, "ucb", 0.0, key).tolist()) == [0, 1, 2, 3]
 
 
 def test_thompson_picks_distinct_allowed_candidates_one_member_each():
     scores = jnp.asarray([[3.0, 2.0, 1.0, 0.0, 9.0], [0.0, 1.0, 2.0, 3.0, 9.0]])
     allowed = jnp.asarray([True, True, True, True, False])
-    picks = screening.select(scores, allowed, 2, "thompson", 0.0, jax.random.key(1)).tolist()
+    tier = screening.tiers(allowed)
+    picks = screening.select(scores, tier, 2, "thompson", 0.0, jax.random.key(1)).tolist()
     assert sorted(picks) == [0, 3]  # each member's favourite among the allowed
-    picks = screening.select(scores, allowed, 4, "thompson", 0.0, jax.random.key(1)).tolist()
+    picks = screening.select(scores, tier, 4, "thompson", 0.0, jax.random.key(1)).tolist()
     assert sorted(picks) == [0, 1, 2, 3]
+
+
+def test_select_takes_a_lower_tier_only_when_the_higher_ones_are_used_up():
+    scores = jnp.asarray([[5.0, 1.0, 9.0, 2.0, 8.0, 0.0]] * 2)
+    tier = screening.tiers(jnp.asarray([False, True, False, True, False, False]),
+                           jnp.asarray([True, False, False, False, True, False]))
+    assert tier.tolist() == [1, 0, 2, 0, 1, 2]
+    key = jax.random.key(0)
+    for acquisition in ("ucb", "thompson"):
+        got = screening.select(scores, tier, 5, acquisition, 1.0, key).tolist()
+        assert sorted(got[:2]) == [1, 3] and sorted(got[2:4]) == [0, 4], acquisition
+        assert got[4] == 2, acquisition  # the best of the last tier
 
 
 def _screened(objective, pipelines, **kw):
@@ -82,9 +97,12 @@ def _screened(objective, pipelines, **kw):
     return build_ma2ml(objective.space, pipelines, config)
 
 
-def test_screened_ask_never_proposes_an_evaluated_pipeline():
+@pytest.mark.parametrize("uniform", [8, 0])
+def test_screened_ask_never_proposes_an_evaluated_pipeline(uniform):
+    # Without uniform candidates, the uniform fill-in keeps the batch new once the policies'
+    # samples and the best pipelines' neighbours are all evaluated.
     objective = make_objective({"a": (3, 2), "b": (2, 3)}, seed=0)  # 36 pipelines
-    parts = _screened(objective, 4, uniform_candidates=8)
+    parts = _screened(objective, 4, uniform_candidates=uniform)
     s = parts.searcher
     state = s.init(jax.random.key(0))
     seen = set()
@@ -129,3 +147,30 @@ def test_screened_search_reaches_the_optimum_of_a_small_objective(acquisition):
             state, _ = s.tell(state, actions, r)
         reached += best > 1 - 1e-6
     assert reached >= 2
+
+
+def test_quantile_critic_target_orders_the_top_where_failures_dwarf_it():
+    """Rewards in [0.9, 1] with a tenth of failures at 0: the critic fitted to standardized
+    rewards spends its fit on the failures; fitted to normal scores, it orders the top."""
+    objective = make_objective({"a": (4,) * 3, "b": (4,) * 3}, seed=4)
+    space = objective.space
+    actions = space.sample(jax.random.key(0), 256)
+    base = np.asarray(objective.true_reward(actions))
+    fail = np.random.default_rng(0).random(256) < 0.1
+    rewards = np.where(fail, 0.0, 0.9 + 0.1 * (base - base.min()) / np.ptp(base))
+    top = ~fail & (rewards >= np.quantile(rewards[~fail], 0.5))
+    held = space.sample(jax.random.key(1), 512)
+    held_r = np.asarray(objective.true_reward(held))
+    correlation = {}
+    for target in ("standardized", "quantile"):
+        parts = build_ma2ml(space, 8, MA2MLConfig(critic_target=target, ensemble=1,
+                                                  critic_batch=64, updates=20))
+        state = parts.searcher.init(jax.random.key(2))
+        for i in range(0, 256, 16):
+            state, _ = parts.searcher.tell(state, screening.take(actions, jnp.arange(i, i + 16)),
+                                           rewards[i:i + 16])
+        q = np.asarray(parts.critic.apply(jax.tree.map(lambda x: x[0], state.critic), held))
+        good = held_r >= np.quantile(held_r, 0.5)
+        correlation[target] = scipy.stats.spearmanr(q[good], held_r[good])[0]
+    assert top.sum() > 50
+    assert correlation["quantile"] > correlation["standardized"] + 0.1, correlation

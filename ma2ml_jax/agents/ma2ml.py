@@ -43,19 +43,29 @@ from ma2ml_jax.agents.critic import critic_loss, make_critic
 from ma2ml_jax.agents.normalize import (
     RunningStats,
     finite_rewards,
+    normal_scores,
     pad_batch,
     standardize,
     update_stats,
 )
 from ma2ml_jax.agents.policy import POLICIES, make_policy
 from ma2ml_jax.agents.replay import ReplayState, make_replay
-from ma2ml_jax.agents.screening import ACQUISITIONS, make_hash, neighbours, novel, select
+from ma2ml_jax.agents.screening import (
+    ACQUISITIONS,
+    make_hash,
+    neighbours,
+    novel,
+    select,
+    tiers,
+)
 from ma2ml_jax.agents.screening import concat as concat_actions
 from ma2ml_jax.agents.screening import take as take_actions
 from ma2ml_jax.spaces import PipelineSpace
 
 ACTOR_ACTIONS = ("fresh", "replay")
 PROPOSALS = ("policy", "screened")
+CRITIC_TARGETS = ("standardized", "quantile")
+FILL = 4  # screened: uniform fill-in candidates per proposal
 
 
 class MA2MLState(NamedTuple):
@@ -90,6 +100,9 @@ class MA2MLConfig(NamedTuple):
     entropy: float = 0.0  # optional entropy bonus (0 = the paper's objective)
     on_policy: bool = False
     critic_steps: int = 32  # critic steps (11) per update step
+    # What the critic regresses on: standardized rewards (running mean and std) | normal scores
+    # of the rewards' ranks in the replay (agents.normalize.normal_scores)
+    critic_target: str = "standardized"
     ensemble: int = 5  # critic members (1: the paper's critic); (12)-(13) use their mean
     # Which pipelines are evaluated: policy (P samples of the policies, the paper's Algorithm 1)
     # | screened (the P best never-evaluated candidates by the critic ensemble; agents.screening)
@@ -108,6 +121,9 @@ class MA2MLConfig(NamedTuple):
                              f"{list(ACTOR_ACTIONS)}")
         if self.proposal not in PROPOSALS:
             raise ValueError(f"ma2ml.proposal={self.proposal!r} is not one of {list(PROPOSALS)}")
+        if self.critic_target not in CRITIC_TARGETS:
+            raise ValueError(f"ma2ml.critic_target={self.critic_target!r} is not one of "
+                             f"{list(CRITIC_TARGETS)}")
         if self.acquisition not in ACQUISITIONS:
             raise ValueError(f"ma2ml.acquisition={self.acquisition!r} is not one of "
                              f"{list(ACQUISITIONS)}")
@@ -253,10 +269,14 @@ def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig | 
             best = jax.lax.top_k(jnp.where(valid, state.replay.data["reward"], -jnp.inf),
                                  min(config.parents, replay.capacity))[1]
             parts.append(neighbours(space, take_actions(stored, best)))
+        # Last: uniform samples that are proposed only when fewer than P of the others are new
+        # (collapsed policies and explored neighbourhoods), so no evaluation goes to a repeat.
+        parts.append(space.sample(jax.random.fold_in(key, 3), FILL * num_pipelines))
         candidates = concat_actions(*parts)
-        allowed = novel(pipeline_hash(candidates), pipeline_hash(stored), valid)
-        index = select(ensemble_q(state.critic, candidates), allowed, num_pipelines,
-                       config.acquisition, config.beta, k_sel)
+        new = novel(pipeline_hash(candidates), pipeline_hash(stored), valid)
+        filler = jnp.arange(new.shape[0]) >= new.shape[0] - FILL * num_pipelines
+        index = select(ensemble_q(state.critic, candidates), tiers(new & ~filler, new),
+                       num_pipelines, config.acquisition, config.beta, k_sel)
         return take_actions(candidates, index)
 
     @jax.jit
@@ -270,12 +290,20 @@ def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig | 
         k_critic, k_actor, k_alt = jax.random.split(key, 3)
         window = state.last_batch if config.on_policy else None
 
-        # (11) critic on standardized rewards; each member on its own mini-batches.
+        # (11) critic on standardized rewards (or their ranks' normal scores); each member on
+        # its own mini-batches.
+        fitted = state.replay
+        if config.critic_target == "quantile":
+            valid = jnp.arange(replay.capacity) < state.replay.size
+            fitted = fitted._replace(data={**fitted.data, "reward": normal_scores(
+                fitted.data["reward"], valid)})
+
         def critic_step(carry, k):
             phi, opt = carry
-            batch = jax.vmap(lambda kk: replay.sample(state.replay, kk, config.critic_batch,
+            batch = jax.vmap(lambda kk: replay.sample(fitted, kk, config.critic_batch,
                                                       window))(jax.random.split(k, members))
-            target_r = standardize(state.stats, batch["reward"])  # [members, batch]
+            target_r = (batch["reward"] if config.critic_target == "quantile" else
+                        standardize(state.stats, batch["reward"]))  # [members, batch]
 
             def loss(phi):
                 return jax.vmap(lambda p, toks, r: critic_loss(critic, p, toks, r))(

@@ -54,6 +54,24 @@ def standardize(stats: RunningStats, values: jax.Array) -> jax.Array:
     return (values - stats.mean) / stats.std
 
 
+def normal_scores(values: jax.Array, valid: jax.Array) -> jax.Array:
+    """float32[N]: each valid value's rank among the valid values as a standard normal quantile,
+    Phi^-1((mid-rank + 1/2) / n) (ties share their mean rank; invalid entries get 0).
+
+    A monotone transform that gives the best few rewards as much resolution as the middle: with
+    standardized rewards, a critic fitted by squared error on a table whose failures lie far
+    below its optimum cannot tell pipelines 0.005 apart near the top.
+    """
+    values = jnp.asarray(values, jnp.float32)
+    n = jnp.maximum(valid.sum(), 1).astype(jnp.float32)
+    ordered = jnp.sort(jnp.where(valid, values, jnp.inf))
+    below = jnp.searchsorted(ordered, values, side="left")
+    through = jnp.searchsorted(ordered, values, side="right")
+    mid_rank = (below + through - 1).astype(jnp.float32) / 2
+    z = jax.scipy.special.ndtri(jnp.clip((mid_rank + 0.5) / n, 0.5 / n, 1 - 0.5 / n))
+    return jnp.where(valid, z, 0.0)
+
+
 def finite_rewards(rewards: jax.Array, valid: jax.Array | None = None) -> jax.Array:
     """Non-finite rewards (a diverged pipeline told as NaN) become the batch's worst finite one
     (among the `valid` entries, all by default).

@@ -9,7 +9,8 @@ equation (11): used as a screen, it decides which of many cheap candidates are w
     score      = an acquisition over an ensemble of critics (independently initialized members,
                  each trained on its own bootstrap mini-batches): the mean plus `beta` standard
                  deviations (upper confidence bound), or one member per proposal (Thompson)
-    proposals  = the P best distinct candidates that were never evaluated
+    proposals  = the P best distinct candidates that were never evaluated (uniform samples
+                 fill in when fewer are new)
 
 Every function here is pure and jittable; pipelines are joint actions {agent: int32[N, n_agent]}.
 Identity of a pipeline is a pair of 32-bit hashes of its tokens (a collision needs two pipelines
@@ -96,28 +97,37 @@ def take(actions: Mapping[str, jax.Array], index: jax.Array) -> dict[str, jax.Ar
     return {a: x[index] for a, x in actions.items()}
 
 
-def select(scores: jax.Array, allowed: jax.Array, num: int, acquisition: str, beta: float,
+def tiers(*masks: jax.Array) -> jax.Array:
+    """int32[C]: for each candidate, the index of the first of `masks` (bool[C] each) that holds
+    it, len(masks) when none does: the preference order of `select`.
+    """
+    tier = jnp.full(masks[0].shape, len(masks), jnp.int32)
+    for i in reversed(range(len(masks))):
+        tier = jnp.where(masks[i], i, tier)
+    return tier
+
+
+def select(scores: jax.Array, tier: jax.Array, num: int, acquisition: str, beta: float,
            key: jax.Array) -> jax.Array:
-    """int32[num]: indices of the candidates to evaluate.
+    """int32[num]: indices of distinct candidates to evaluate.
 
     Args:
       scores: float32[members, C], each member's predicted (standardized) reward.
-      allowed: bool[C], candidates that may be chosen (novel); when fewer than `num` are, the
-        rest of the picks are the best of the others (the driver's repeat handling sees them).
-      acquisition: "ucb" (mean + beta * std over members: the `num` best) or "thompson" (pick
-        j uses member (j + offset) mod members, offset drawn from `key`; no pick twice).
+      tier: int32[C], lower first (`tiers`): every pick is from the lowest tier that has a
+        candidate left, by the acquisition within it.
+      acquisition: "ucb" (mean + beta * std over members: the best) or "thompson" (pick j uses
+        member (j + offset) mod members, offset drawn from `key`).
     """
     members = scores.shape[0]
     if acquisition == "ucb":
         value = scores.mean(0) + beta * (scores.std(0) if members > 1 else 0.0)
-        value = jnp.where(allowed, value, value - 1e9)
-        return jax.lax.top_k(value, num)[1]
+        return jnp.lexsort((-value, tier))[:num].astype(jnp.int32)
     offset = jax.random.randint(key, (), 0, members)
     chosen = jnp.zeros(scores.shape[1], bool)
     picks = []
     for j in range(num):
-        v = scores[(j + offset) % members]
-        v = jnp.where(allowed & ~chosen, v, jnp.where(chosen, -jnp.inf, v - 1e9))
+        lowest = jnp.min(jnp.where(chosen, jnp.iinfo(jnp.int32).max, tier))
+        v = jnp.where(~chosen & (tier == lowest), scores[(j + offset) % members], -jnp.inf)
         i = jnp.argmax(v)
         chosen = chosen.at[i].set(True)
         picks.append(i)
