@@ -5,7 +5,9 @@ autoregressive, `agents.policy`) and target policy rho_i. Per iteration (Algorit
 `ask` samples P pipelines from the current policies; `tell` stores them with their rewards in the
 replay buffer and runs `updates` update steps, each one jitted function (`update_step`):
 
-1. critic, equation (11): Q_phi(S, A) regressed onto standardized rewards of a replay mini-batch;
+1. critic, equation (11): Q_phi(S, A) regressed onto the rewards of a replay mini-batch,
+   standardized by running statistics or (`critic_target="quantile"`) replaced by the normal
+   scores of their ranks among every reward in the replay (`agents.normalize.normal_scores`);
 2. actors, equations (12)-(13): for actor actions A (see `actor_actions`),
        adv_i = [Q(S, A) - lam * log(pi_i / rho_i)(A_i)] - b_i,
        b_i   = E_{A_i' ~ pi_i}[Q(S, A_i', A_-i)] - lam * KL(pi_i || rho_i),
