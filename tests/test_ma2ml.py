@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 from ma2ml_jax.agents.ma2ml import (
     MA2MLConfig,
@@ -229,8 +230,9 @@ def test_class_defaults_are_the_config_defaults():
     assert section == expected
 
 
-# One critic, one step (11) per update: the paper's update, which the exact checks derive by hand.
-PAPER_CRITIC = dict(critic_steps=1, ensemble=1, proposal="policy")
+# One critic, one step (11) per update on standardized rewards: the paper's update, which the
+# exact checks derive by hand.
+PAPER_CRITIC = dict(critic_steps=1, ensemble=1, proposal="policy", critic_target="standardized")
 
 
 def _filled(config, tells=1, seed=0):
@@ -257,17 +259,27 @@ def _expected_critic(parts, config, state, key, window):
     k_member = jax.random.split(jax.random.split(k_critic, 1)[0], 1)[0]
     batch = parts.replay.sample(state.replay, k_member, config.critic_batch, window)
     phi = jax.tree.map(lambda x: x[0], state.critic)
-    target_r = (batch["reward"] - state.stats.mean) / state.stats.std
-    np.testing.assert_allclose(standardize(state.stats, batch["reward"]), target_r, rtol=1e-6)
+    if config.critic_target == "quantile":  # normal scores of the ranks among the replay's
+        n = int(state.replay.size)
+        rewards = np.asarray(state.replay.data["reward"])
+        scores = np.zeros_like(rewards)
+        scores[:n] = scipy.stats.norm.ppf((scipy.stats.rankdata(rewards[:n]) - 0.5) / n)
+        scored = state.replay._replace(data={**state.replay.data, "reward": jnp.asarray(scores)})
+        target_r = parts.replay.sample(scored, k_member, config.critic_batch, window)["reward"]
+    else:
+        target_r = (batch["reward"] - state.stats.mean) / state.stats.std
+        np.testing.assert_allclose(standardize(state.stats, batch["reward"]), target_r,
+                                   rtol=1e-6)
     grads = jax.grad(lambda p: critic_loss(parts.critic, p, batch["tokens"], target_r))(phi)
     opt = jax.tree.map(lambda x: x[0] if getattr(x, "ndim", 0) else x, state.critic_opt)
     updates, _ = optax.adam(config.critic_lr).update(grads, opt, phi)
     return optax.apply_updates(phi, updates), batch
 
 
-def test_one_update_fits_the_critic_to_the_standardized_minibatch_and_moves_rho():
+@pytest.mark.parametrize("critic_target", ["standardized", "quantile"])
+def test_one_update_fits_the_critic_to_its_targets_and_moves_rho(critic_target):
     config = MA2MLConfig(critic_batch=16, actor_batch=8, num_alternatives=2, updates=1, tau=0.3,
-                         **PAPER_CRITIC)
+                         **{**PAPER_CRITIC, "critic_target": critic_target})
     parts, state = _filled(config, tells=2)
     key = jax.random.key(7)
     expected, _ = _expected_critic(parts, config, state, key, None)

@@ -91,7 +91,7 @@ class MA2MLConfig(NamedTuple):
     lam: float = 3.0  # lambda: weight of log(pi/rho), the brake on how far pi moves
     tau: float = 0.1  # Polyak rate of the target policies (14)
     num_alternatives: int = 8  # K: samples of A_i' per agent in the baseline (12)
-    actor_lr: float = 0.02
+    actor_lr: float = 0.1
     critic_lr: float = 1e-2
     updates: int = 10  # update steps per iteration (tell)
     critic_batch: int = 64
@@ -104,7 +104,7 @@ class MA2MLConfig(NamedTuple):
     critic_steps: int = 32  # critic steps (11) per update step
     # What the critic regresses on: standardized rewards (running mean and std) | normal scores
     # of the rewards' ranks in the replay (agents.normalize.normal_scores)
-    critic_target: str = "standardized"
+    critic_target: str = "quantile"
     ensemble: int = 5  # critic members (1: the paper's critic); (12)-(13) use their mean
     # Which pipelines are evaluated: policy (P samples of the policies, the paper's Algorithm 1)
     # | screened (the P best never-evaluated candidates by the critic ensemble; agents.screening)
