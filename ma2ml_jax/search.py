@@ -158,7 +158,9 @@ def _lead(config, workdir, space, objective, progress, channel) -> SearchResult:
                 evaluator_state, evaluator_first = restored, step
             tqdm.write(f"resuming {workdir}: searcher state restored from the checkpoint of "
                        f"iteration {step}")
+
     def logged_rewards(it):
+        """Iteration `it`'s logged rewards for `RepeatGuard.step` (the asks must match the log)."""
         def evaluate(actions, key):
             del key
             logged = _logged(trials, it)
@@ -183,7 +185,9 @@ def _lead(config, workdir, space, objective, progress, channel) -> SearchResult:
                initial=done, desc="search", unit="iter", disable=not progress, dynamic_ncols=True)
     start, evaluated = time.perf_counter(), 0
     scalars = tensorboard.ScalarWriter(os.path.join(workdir, "tensorboard"))
-    def evaluate(it, evaluator_state):
+
+    def evaluation(it, evaluator_state):
+        """Iteration `it`'s evaluation for `RepeatGuard.step`: rewards, and what the log needs."""
         def run(tokens, key):
             pipelines = [space.decode(tokens, p) for p in range(config.search.pipelines)]
             channel.send(it, tokens)
@@ -197,7 +201,7 @@ def _lead(config, workdir, space, objective, progress, channel) -> SearchResult:
 
     for it in bar:
         state, tokens, (pipelines, metrics, reward, evaluator_state) = guard.step(
-            state, root, it, evaluate(it, evaluator_state))
+            state, root, it, evaluation(it, evaluator_state))
         new = [_trial(it, p, pipelines[p], {a: v[p] for a, v in tokens.items()}, reward[p],
                       metrics[p]) for p in range(len(pipelines))]
         workdir_lib.append_trials(log_path, new)

@@ -112,7 +112,8 @@ def select(scores: jax.Array, tier: jax.Array, num: int, acquisition: str, beta:
     """int32[num]: indices of distinct candidates to evaluate.
 
     Args:
-      scores: float32[members, C], each member's predicted (standardized) reward.
+      scores: float32[members, C], each member's predicted reward (in the critic's target
+        units: standardized rewards or their ranks' normal scores).
       tier: int32[C], lower first (`tiers`): every pick is from the lowest tier that has a
         candidate left, by the acquisition within it.
       acquisition: "ucb" (mean + beta * std over members: the best) or "thompson" (pick j uses
