@@ -64,6 +64,7 @@ def local_run(tmp_path_factory):
     return workdir, r, read_log(workdir)
 
 
+@pytest.mark.slow  # the main job through the CLI twice (compiles included): CI's slow step runs it
 def test_end_to_end_local_run_then_resume(local_run):
     workdir, r, trials = local_run
     assert "Best pipeline of 6 evaluated" in r.stdout
