@@ -119,3 +119,102 @@ def test_sample_efficiency_over_a_suite_problem(tmp_path, capsys):
     assert s["budget"] == 40 and s["threshold"] == pytest.approx(np.sort(
         suite.load("nb_macro", cache).values)[-7])
     assert max(s["curve_median"]) <= 0.9162 + 1e-6
+
+
+def _table(decisions, values, name):
+    space = suite.choices_pipeline_space(decisions)
+    return suite.TableObjective(space, np.asarray(values, np.float32), name)
+
+
+def _two_parts():
+    # Part a: 2 agents of 1 decision (2 x 3 values), accuracies in a narrow band; part b: 1 agent
+    # of 2 decisions (2 x 2 values), a wide band. Medians 0.905 and 0.5.
+    a = _table({"x": {"d0": (0, 1)}, "y": {"d1": (0, 1, 2)}},
+               [0.90, 0.90, 0.91, 0.90, 0.91, 0.92], "a")
+    b = _table({"z": {"e0": (0, 1), "e1": (0, 1)}}, [0.1, 0.5, 0.5, 0.9], "b")
+    return a, b
+
+
+def test_composite_concatenates_agents_and_decisions_with_part_prefixes():
+    a, b = _two_parts()
+    c = suite.make_composite({"pa": a, "pb": b}, "c")
+    assert c.space.agents == ("pa/x", "pa/y", "pb/z")
+    assert [c.space[g].n_decisions for g in c.space.agents] == [1, 1, 2]
+    assert c.n_decisions == 4 and c.log10_size == pytest.approx(np.log10(6 * 4))
+    assert c.space["pb/z"] is b.space["z"]
+    with pytest.raises(ValueError, match="repeated"):
+        suite.make_composite([("p", a), ("p", b)])
+
+
+def test_composite_reward_is_the_mean_of_the_normalized_parts():
+    a, b = _two_parts()
+    c = suite.make_composite({"pa": a, "pb": b}, "c")
+    # By hand: part a, median 0.905, optimum 0.92 (scale 0.015); part b, median 0.5, optimum 0.9.
+    actions = {"pa/x": np.array([[1], [0], [0]]), "pa/y": np.array([[2], [0], [2]]),
+               "pb/z": np.array([[1, 1], [0, 0], [0, 1]])}
+    ra = (np.array([0.92, 0.90, 0.91]) - 0.905) / 0.015
+    rb = (np.array([0.9, 0.1, 0.5]) - 0.5) / 0.4
+    np.testing.assert_allclose(c.true_reward(actions), (ra + rb) / 2, rtol=1e-5)
+    np.testing.assert_allclose(c.part_rewards(actions), [ra, rb], rtol=1e-5)
+    np.testing.assert_allclose(c(actions, None), c.true_reward(actions))
+    # The optimum: every part at its own optimum, exactly 1; and it is what the best pipeline gets.
+    assert c.optimum == pytest.approx(1.0)
+    assert c.true_reward(actions)[0] == pytest.approx(1.0)
+
+
+def test_composite_threshold_averages_the_parts_normalized_thresholds():
+    a, b = _two_parts()
+    c = suite.make_composite({"pa": a, "pb": b}, "c")
+    # Each part's rule keeps only its optimum here (best 0.1% of a tiny table): threshold 1.
+    assert c.threshold() == pytest.approx(1.0)
+    wide = _table({"w": {"v": tuple(range(2000))}}, np.linspace(0.0, 1.0, 2000), "w")
+    c2 = suite.make_composite({"pa": a, "w": wide})
+    # Part w's own rule: its best 0.1% (the best 2 of 2000) is stricter than 0.005 of 1.
+    assert wide.threshold() == pytest.approx(1.0 - 1.0 / 1999)
+    t_w = (wide.threshold() - np.median(wide.values)) / (1.0 - np.median(wide.values))
+    assert c2.threshold() == pytest.approx((1.0 + t_w) / 2, rel=1e-5)
+    assert c2.threshold() < c2.optimum
+
+
+def test_composites_are_built_from_one_half_of_the_split():
+    assert not set(suite.TUNING_PROBLEMS) & set(suite.REPORTING_PROBLEMS)
+    assert set(suite.TUNING_PROBLEMS) | set(suite.REPORTING_PROBLEMS) == set(suite.PROBLEMS)
+    for name in suite.TUNING_COMPOSITES:
+        assert set(suite.COMPOSITES[name]) <= set(suite.TUNING_PROBLEMS)
+    for name in suite.REPORTING_COMPOSITES:
+        assert set(suite.COMPOSITES[name]) <= set(suite.REPORTING_PROBLEMS)
+    assert set(suite.COMPOSITES) == set(suite.TUNING_COMPOSITES + suite.REPORTING_COMPOSITES)
+
+
+def test_a_composite_loads_from_prepared_tables_and_runs_in_the_benchmark(tmp_path, capsys):
+    from ma2ml_jax.bench import sample_efficiency as se
+
+    cache = str(tmp_path / "cache")
+    _nb_macro_stand_in(cache)
+    suite.prepare(cache, ["nb_macro"], log=lambda _: None)
+    a, _ = _two_parts()
+    suite.save_table(suite.table_path(cache, "rpart_14"), a.space, a.values)
+    composites = {**suite.COMPOSITES, "c": ("nb_macro", "rpart_14")}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(suite, "COMPOSITES", composites)
+        c = suite.load("c", cache)
+        assert c.space.agents == ("nb_macro/stage1", "nb_macro/stage2", "nb_macro/stage3",
+                                  "rpart_14/x", "rpart_14/y")
+        se.main(["--suite=c", f"--cache={cache}", "--algorithms=local", "--seeds=1",
+                 "--budget_scale=0.1", f"--out={tmp_path}", "--no_timing"])
+    assert "| c | local |" in capsys.readouterr().out
+    s = json.loads((tmp_path / "sample_efficiency.json").read_text())["results"]["c"]["local"]
+    assert s["threshold"] == pytest.approx(c.threshold(), rel=1e-6)
+    assert max(s["curve_median"]) <= 1.0 + 1e-6
+
+
+def test_frozen_row_and_paper_size_suites_in_the_benchmark():
+    from ma2ml_jax.bench import sample_efficiency as se
+
+    name, overrides, avoid = se.ALGORITHMS["ma2ml_frozen"]
+    assert (name, avoid) == se.ALGORITHMS["ma2ml"][::2]
+    assert overrides == {**se.ALGORITHMS["ma2ml"][1], "ma2ml.actor_lr": 1e-9}
+    assert se.REAL_PROBLEMS == suite.TUNING_PROBLEMS
+    composites, cooperative = se.PAPER_SIZE["paper_size"]
+    assert composites == suite.REPORTING_COMPOSITES and cooperative == "large"
+    assert se.PAPER_SIZE["paper_size_tuning"][0] == suite.TUNING_COMPOSITES
