@@ -629,6 +629,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--algorithms", default=",".join(DEFAULT_ALGORITHMS),
                         help=f"of {', '.join(ALGORITHMS)}")
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first_seed", type=int, default=0,
+                        help="searcher seeds first_seed..first_seed + seeds - 1 (the reported "
+                        "seeds are 0-9; REAL_TUNING_SEEDS start at 100)")
     parser.add_argument("--pipelines", type=int, default=8, help="P, pipelines per iteration")
     parser.add_argument("--target", type=float, default=0.02,
                         help="distance from the optimum (reward 1) that counts as reached")
@@ -688,8 +691,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         int(COMPOSITE_BUDGET * args.budget_scale))
             except suite.SuiteError as e:
                 parser.error(str(e))
-        results = run_grid(objectives, algos, range(args.seeds), args.pipelines, args.target,
-                           jobs=args.jobs)
+        results = run_grid(objectives, algos, range(args.first_seed, args.first_seed + args.seeds),
+                           args.pipelines, args.target, jobs=args.jobs)
         record["results"] = results
         print("\n" + table(results, args.target) + "\n\n" + grid_table(results))
         png = os.path.join(args.out, "sample_efficiency.png")
