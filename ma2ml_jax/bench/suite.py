@@ -29,13 +29,15 @@ so its exact optimum is known and a searcher's evaluation is a table lookup:
                      agents kept as `<part>/<agent>`, the reward the mean of the parts' rewards
                      normalized to optimum 1 and median 0, so the optimum is exactly 1.
 
-The tasks are those of YAHPO Gym's single-objective suite (v1.0), then those of its
-multi-objective suite (v1.0) for the same scenarios. YAHPO's other rbv2 / iaml scenarios
-(ranger, svm, glmnet, aknn, iaml_ranger, iaml_xgboost) are not here: their v1.0 networks are
-over the 4 MiB that the mirror this suite was built from keeps, and the earlier networks it does
-hold (`new_model.onnx` at 615ae3b) disagree with v1.0 where both exist (on a sample of the
-rbv2_xgboost grid their output 0, an error rate if anything, correlates only -0.62 with v1.0's
-accuracy), so they are no stand-in.
+The tasks are YAHPO Gym's own: its single-objective suite's (v1.0) instances of rbv2_xgboost
+and rbv2_rpart, then its multi-objective suite's (v1.0) instances of rbv2_xgboost, rbv2_rpart
+and iaml_glmnet. YAHPO's other rbv2 / iaml scenarios (ranger, svm, glmnet, aknn, iaml_ranger,
+iaml_xgboost) are not here: their v1.0 networks (4 MiB and more) were missing from the copy of
+yahpo_data this suite was built from, and the earlier networks it does hold (`new_model.onnx`
+at 615ae3b) disagree with v1.0 where both exist (on a sample of the rbv2_xgboost grid their
+output 0, an error rate if anything, correlates only -0.62 with v1.0's accuracy), so they are
+no stand-in. With the v1.0 files at hand, a scenario is a grid, its inputs in yahpo_gym's
+`cont_names` order, and a `ProblemSpec` like `_rpart`'s.
 
 The problems are split into a tuning half and a reporting half (`TUNING_PROBLEMS`,
 `REPORTING_PROBLEMS`, and the composites of each half), declared before any searcher ran on the
