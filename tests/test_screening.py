@@ -11,6 +11,7 @@ import pytest
 import scipy.stats
 
 from ma2ml_jax.agents import pipeline_key, screening
+from ma2ml_jax.agents.neighbourhood import FlatSpace
 from ma2ml_jax.agents.ma2ml import MA2MLConfig, build_ma2ml
 from ma2ml_jax.bench.objectives import make_objective, synthetic_space
 
@@ -55,6 +56,27 @@ def test_neighbours_are_every_one_decision_change():
     assert flat.shape == (3 + 2 + 1 + 4 + 2, 5)
     assert ((flat != p).sum(1) == 1).all()
     assert len({tuple(r) for r in flat}) == len(flat)
+
+
+def test_policy_mutants_take_a_subset_of_decisions_from_the_samples():
+    space = synthetic_space({"a": (4, 1, 3), "b": (2, 5, 3)})  # decision 1 has one choice
+    flat = FlatSpace(space)
+    parents = jnp.asarray([[0, 0, 0, 0, 0, 0], [1, 0, 2, 1, 4, 2]], jnp.int32)
+    # Every sampled value differs from both parents' where the decision can change.
+    samples = jnp.tile(jnp.asarray([[3, 0, 1, 1, 2, 1]], jnp.int32), (2 * 500, 1))
+    samples = samples.at[500:, 3].set(0)
+    out = np.asarray(screening.policy_mutants(flat, parents, samples, jax.random.key(0), 3))
+    base = np.repeat(np.asarray(parents), 500, 0)
+    changed = out != base
+    # A change takes the sample's value, never touches the one-choice decision, and moves
+    # 1 .. 3 decisions, each of those sizes drawn.
+    assert (out[changed] == np.asarray(samples)[changed]).all()
+    assert not changed[:, 1].any()
+    counts = changed.sum(1)
+    assert counts.min() == 1 and counts.max() == 3
+    assert set(np.unique(counts[:500]).tolist()) == {1, 2, 3}
+    # Every changeable decision gets changed somewhere.
+    assert changed[:500].any(0)[[0, 2, 3, 4, 5]].all()
 
 
 def test_ucb_prefers_uncertain_candidates_and_respects_allowed():

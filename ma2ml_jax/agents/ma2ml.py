@@ -38,10 +38,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ma2ml_jax.agents.base import Searcher
 from ma2ml_jax.agents.critic import critic_loss, make_critic
+from ma2ml_jax.agents.neighbourhood import FlatSpace
 from ma2ml_jax.agents.normalize import (
     RunningStats,
     finite_rewards,
@@ -57,6 +59,7 @@ from ma2ml_jax.agents.screening import (
     make_hash,
     neighbours,
     novel,
+    policy_mutants,
     select,
     tiers,
 )
@@ -67,6 +70,7 @@ from ma2ml_jax.spaces import PipelineSpace
 ACTOR_ACTIONS = ("fresh", "replay")
 PROPOSALS = ("policy", "screened")
 CRITIC_TARGETS = ("standardized", "quantile")
+MUTANT_AGENTS = ("any", "credit")
 FILL = 4  # screened: uniform fill-in candidates per proposal
 
 
@@ -114,6 +118,14 @@ class MA2MLConfig(NamedTuple):
     parents: int = 3  # screened: best pipelines whose one-decision neighbours are scored
     acquisition: str = "ucb"  # screened: ucb (mean + beta * std) | thompson
     beta: float = 1.0  # screened: the UCB's weight of the members' standard deviation
+    # screened: per parent, multi-decision moves whose new values are drawn from the policies
+    # (agents.screening.policy_mutants), changing 1 .. max_changes decisions
+    mutants: int = 0
+    max_changes: int = 8
+    # screened: which decisions a mutant changes: any | credit (the decisions of one agent, drawn
+    # with the agents whose choices the critic rates worst against their policy's alternatives,
+    # eq. (12), the likeliest)
+    mutant_agents: str = "any"
 
     def check(self) -> None:
         if self.policy not in POLICIES:
@@ -126,16 +138,19 @@ class MA2MLConfig(NamedTuple):
         if self.critic_target not in CRITIC_TARGETS:
             raise ValueError(f"ma2ml.critic_target={self.critic_target!r} is not one of "
                              f"{list(CRITIC_TARGETS)}")
+        if self.mutant_agents not in MUTANT_AGENTS:
+            raise ValueError(f"ma2ml.mutant_agents={self.mutant_agents!r} is not one of "
+                             f"{list(MUTANT_AGENTS)}")
         if self.acquisition not in ACQUISITIONS:
             raise ValueError(f"ma2ml.acquisition={self.acquisition!r} is not one of "
                              f"{list(ACQUISITIONS)}")
-        for name in ("uniform_candidates", "parents"):
+        for name in ("uniform_candidates", "parents", "mutants"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ma2ml.{name}={getattr(self, name)} must be >= 0")
         if self.beta < 0:
             raise ValueError(f"ma2ml.beta={self.beta} must be >= 0")
         for name in ("num_alternatives", "updates", "critic_batch", "actor_batch",
-                     "replay_capacity", "critic_steps", "ensemble", "candidates"):
+                     "replay_capacity", "critic_steps", "ensemble", "candidates", "max_changes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ma2ml.{name}={getattr(self, name)} must be >= 1")
         if not 0.0 < self.tau <= 1.0:
@@ -238,6 +253,7 @@ def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig | 
 
     members = config.ensemble
     pipeline_hash = make_hash(space)
+    flat = FlatSpace(space)
 
     def init(key):
         k_pol, k_critic, k_state = jax.random.split(key, 3)
@@ -259,6 +275,40 @@ def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig | 
         """float32[members, ...]: every member's Q(S, A) of joint actions {agent: int[..., n]}."""
         return jax.vmap(critic.apply, in_axes=(0, None))(phi, actions)
 
+    agent_of = np.repeat(np.arange(len(agents)), flat.widths)  # the agent of each decision
+
+    def other_values(params, parents, key, per_parent):
+        """{agent: int32[M * per_parent, n]}: for every decision of every parent, a value other
+        than the parent's, drawn from the policy's (conditional) probabilities renormalized over
+        the other values; uniform policies give uniform other values.
+        """
+        out = {}
+        for i, a in enumerate(agents):
+            logits = policies[a].logits(params[a], parents[a])  # [M, n, max_size]
+            logits = jnp.where(jax.nn.one_hot(parents[a], logits.shape[-1], dtype=bool),
+                               -jnp.inf, logits)
+            logits = jnp.repeat(logits, per_parent, axis=0)
+            out[a] = jax.random.categorical(jax.random.fold_in(key, i), logits).astype(jnp.int32)
+        return out
+
+    def credit_allowed(state, parents, key, num):
+        """bool[num, D]: each mutant may change one agent's decisions, the agent drawn with
+        probability softmax(-adv / std(adv)) over the parent's counterfactual advantages
+        adv_i = Q(S, A) - b_i (12) under the ensemble's mean critic.
+        """
+        k_alt, k_pick = jax.random.split(key)
+        m = parents[agents[0]].shape[0]
+        alts = {a: x.reshape((K, m, -1)) for a, x in
+                sample_joint(state.policy, k_alt, K * m).items()}
+        q_apply = lambda toks: ensemble_q(state.critic, toks).mean(0)  # noqa: E731
+        baseline = counterfactual_baseline(q_apply, policies, state.policy, state.target,
+                                           parents, alts, lam)  # [agents, M]
+        adv = q_apply(parents)[None] - baseline
+        logits = -adv / (adv.std() + 1e-6)
+        parent = jnp.repeat(jnp.arange(m), num // m)
+        pick = jax.random.categorical(k_pick, logits.T[parent])  # [num]
+        return pick[:, None] == jnp.asarray(agent_of)[None]
+
     def screened(state, key):
         """The P best never-evaluated candidates by the acquisition (agents.screening)."""
         k_pol, k_uni, k_sel = jax.random.split(key, 3)
@@ -270,7 +320,18 @@ def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig | 
         if config.parents:
             best = jax.lax.top_k(jnp.where(valid, state.replay.data["reward"], -jnp.inf),
                                  min(config.parents, replay.capacity))[1]
-            parts.append(neighbours(space, take_actions(stored, best)))
+            parents = take_actions(stored, best)
+            parts.append(neighbours(space, parents))
+            if config.mutants:
+                k_mut, k_sub, k_agent = jax.random.split(jax.random.fold_in(key, 4), 3)
+                num = best.shape[0] * config.mutants
+                samples = other_values(state.policy, parents, k_mut, config.mutants)
+                allowed = None
+                if config.mutant_agents == "credit":
+                    allowed = credit_allowed(state, parents, k_agent, num)
+                parts.append(flat.unflatten(policy_mutants(
+                    flat, flat.flatten(parents), flat.flatten(samples), k_sub,
+                    config.max_changes, allowed)))
         # Last: uniform samples that are proposed only when fewer than P of the others are new
         # (collapsed policies and explored neighbourhoods), so no evaluation goes to a repeat.
         parts.append(space.sample(jax.random.fold_in(key, 3), FILL * num_pipelines))

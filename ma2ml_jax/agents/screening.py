@@ -89,6 +89,46 @@ def neighbours(space: PipelineSpace, parents: Mapping[str, jax.Array]) -> dict[s
     return flat.unflatten(every.reshape(-1, flat.num_decisions))
 
 
+def policy_mutants(flat: FlatSpace, parents: jax.Array, samples: jax.Array, key: jax.Array,
+                   max_changes: int, allowed: jax.Array | None = None) -> jax.Array:
+    """Multi-decision moves around the parents whose new values come from the policies.
+
+    Mutant j of a parent takes every decision from the parent except a random subset, whose
+    values it takes from `samples[j]` (joint samples of the agents' policies pi). The subset's
+    size is drawn log-uniformly from 1 .. `max_changes` (decisions with one choice are never
+    picked): small moves refine, larger ones jump several decisions at once along what the
+    policies learned. With uniform policies these are uniform multi-decision mutations.
+
+    Args:
+      flat: the flattened space.
+      parents: int32[M, D], the pipelines mutated.
+      samples: int32[M * J, D], policy samples; mutant i of the M * J is parent i // J with a
+        subset of decisions taken from samples[i].
+      key: drives the subsets.
+      max_changes: the largest subset.
+      allowed: optional bool[M * J, D], the decisions each mutant may change (for instance one
+        agent's); the subset is capped at their number.
+
+    Returns:
+      int32[M * J, D].
+    """
+    num, d = samples.shape
+    m = parents.shape[0]
+    k_size, k_order = jax.random.split(key)
+    mutable = jnp.broadcast_to(jnp.asarray(flat.sizes) > 1, (num, d))
+    if allowed is not None:
+        mutable = mutable & allowed
+    hi = max(1, min(max_changes, int(np.sum(flat.sizes > 1))))
+    size = jnp.floor(jnp.exp(jax.random.uniform(k_size, (num,), maxval=np.log(hi + 1.0))))
+    size = jnp.minimum(size, mutable.sum(1))
+    # A random order of the mutable decisions per mutant: the first `size` of it change.
+    noise = jnp.where(mutable, jax.random.uniform(k_order, (num, d)), 2.0)
+    rank = jnp.argsort(jnp.argsort(noise, axis=1), axis=1)
+    change = rank < size[:, None]
+    base = jnp.repeat(parents, num // m, axis=0)
+    return jnp.where(change, samples, base).astype(jnp.int32)
+
+
 def concat(*batches: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     return {a: jnp.concatenate([b[a] for b in batches]) for a in batches[0]}
 
