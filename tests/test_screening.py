@@ -11,8 +11,8 @@ import pytest
 import scipy.stats
 
 from ma2ml_jax.agents import pipeline_key, screening
-from ma2ml_jax.agents.neighbourhood import FlatSpace
 from ma2ml_jax.agents.ma2ml import MA2MLConfig, build_ma2ml
+from ma2ml_jax.agents.neighbourhood import FlatSpace
 from ma2ml_jax.bench.objectives import make_objective, synthetic_space
 
 SPACE = synthetic_space({"a": (4, 3), "b": (2, 5, 3)})  # 360 pipelines
