@@ -63,16 +63,17 @@ The paper's algorithm, `PAPER` (`search.algorithm=ma2ml_paper`; `ma2ml_onpolicy`
   14-16 top-k pipelines by validation accuracy, retrained, measured on test: `retrain`.
 Where the paper is silent, `PAPER` keeps this class's defaults (the learner's, not tuned for
 `ma2ml_paper`): lam = 3, tau = 0.1, Adam with actor_lr = 0.1 and critic_lr = 1e-2, |B| = 64
-(`critic_batch`), a critic MLP of widths (64, 64) over one-hot decisions, factorized policies,
-a replay of 4096 items, one update step per iteration (Algorithm 1's loop body). R~ is the reward
-standardized by the running mean and std of every reward told (`critic_target="standardized"`),
-not the raw R of (11): the paper's R is a top-1 accuracy whose spread between pipelines is a few
-hundredths, while the critic starts near 0 and lam and the learning rates (which the paper does
-not give) act in the reward's units. Standardizing is an affine map of R, so the critic's
-regression is (11)'s up to that map and every advantage in (13) is the raw one divided by the
-reward std: the same per-sample gradient directions, one lam and one learning rate for
-accuracies, constrained rewards and a user's objective alike. The price: the map moves a little
-as rewards arrive. `critic_target="raw"` regresses on R itself.
+(`critic_batch`), a critic of summed per-decision embeddings and an MLP of widths (64, 64)
+(`agents.critic`), factorized policies, a replay of 4096 items, one update step per iteration
+(Algorithm 1's loop body). R~ is the reward standardized by the running mean and std of every
+reward told (`critic_target="standardized"`), not the raw R of (11): the paper's R is a top-1
+accuracy whose spread between pipelines is a few hundredths, while the critic starts near 0 and
+lam and the learning rates (which the paper does not give) act in the reward's units.
+Standardizing is an affine map of R, so the critic's regression is (11)'s up to that map, and
+the advantages of (13) are the raw ones divided by the reward std with lam counted in reward
+stds: one lam and one learning rate serve accuracies, constrained rewards and a user's objective
+alike. The price: the map moves a little as rewards arrive. `critic_target="raw"` regresses on
+R itself (lam then in the reward's own units).
 """
 
 from __future__ import annotations
