@@ -72,10 +72,9 @@ def test_an_evaluators_own_scalars_are_logged_under_extra(tmp_path):
     assert not any("extra" in t for t in _read(tmp_path / "plain"))
 
 
-# ma2ml_paper and ma2ml_onpolicy resume through the same code as ma2ml (a minute each): CI's slow
-# step runs them.
+# ma2ml_onpolicy resumes through the same code as ma2ml_paper: CI's slow step runs it.
 @pytest.mark.parametrize("algorithm", [
-    pytest.param(a, marks=pytest.mark.slow) if a in ("ma2ml_paper", "ma2ml_onpolicy") else a
+    pytest.param(a, marks=pytest.mark.slow) if a == "ma2ml_onpolicy" else a
     for a in config_lib.ALGORITHMS])
 def test_resume_equals_uninterrupted_run(tmp_path, algorithm):
     c5 = _config(iterations=5, algorithm=algorithm)
