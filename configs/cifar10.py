@@ -9,6 +9,13 @@ in the paper).
   python -m ma2ml_jax.train --config=configs/cifar10.py --workdir=runs/cifar10
   python -m ma2ml_jax.train --config=configs/cifar10.py:local   # tiny CPU variant
 
+The searcher is the project's default, `ma2ml`: MA2ML's agents with critic-screened proposals
+(README's searcher table), not the paper's Algorithm 1. The paper's algorithm (P samples of the
+policies evaluated, agents.ma2ml.PAPER) on the same setting:
+
+  python -m ma2ml_jax.train --config=configs/cifar10.py --workdir=runs/cifar10_paper \
+      --config.search.algorithm=ma2ml_paper
+
 Data: TFDS's cifar10, prepared by `python -m ma2ml_jax.prepare cifar10` (":local" too); without
 TFDS, `python ../shared/data/cifar10.py --out /tmp/cifar10.npz` writes CIFAR-10 as arrays (its
 images re-encoded as JPEG) for --config.data.source=npz:/tmp/cifar10.npz.

@@ -22,6 +22,12 @@ cached beside the dataset.
   python -m ma2ml_jax.train --config=configs/imagenet200.py:local   # tiny CPU variant (CIFAR-10)
   python -m ma2ml_jax.train --config=configs/imagenet200.py:flops900:local
 
+The searcher is the project's default, `ma2ml` (critic-screened proposals); the paper's
+Algorithm 1 instead:
+
+  python -m ma2ml_jax.train --config=configs/imagenet200.py --workdir=runs/in200_paper \
+      --config.search.algorithm=ma2ml_paper
+
 ":local" trains on 5 classes of CIFAR-10 (ImageNet does not fit a CPU run): TFDS's cifar10 by
 default, or the arrays of `python ../shared/data/cifar10.py --out /tmp/cifar10.npz` with
 --config.data.source=npz:/tmp/cifar10.npz.

@@ -15,7 +15,7 @@ import ml_collections
 from ma2ml_jax.agents import ALGORITHMS, REPEAT_AWARE
 from ma2ml_jax.agents.evolution import EvolutionConfig
 from ma2ml_jax.agents.lite import LiteConfig
-from ma2ml_jax.agents.ma2ml import MA2MLConfig
+from ma2ml_jax.agents.ma2ml import PAPER, MA2MLConfig
 from ma2ml_jax.agents.qlearning import QLearningConfig
 from ma2ml_jax.errors import ConfigError, choices
 from ma2ml_jax.evaluate import NETWORKS
@@ -61,7 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.spaces.hpo = ml_collections.ConfigDict({"kind": "recipe", "variant": "tiny"})
 
     c.search = ml_collections.ConfigDict()
-    # ma2ml | ma2ml_onpolicy | lite (MA2ML-Lite) | random | tpe (Optuna's TPE) | qlearning |
+    # ma2ml (critic-screened proposals) | ma2ml_paper (the paper's Algorithm 1) | ma2ml_onpolicy
+    # (its on-policy ablation) | lite (MA2ML-Lite) | random | tpe (Optuna's TPE) | qlearning |
     # evolution (regularized evolution) | local (local search with restarts)
     c.search.algorithm = "ma2ml"
     c.search.iterations = 5  # search iterations (batches of pipelines)
@@ -78,6 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
     # qlearning.QLearningConfig), where each is documented; docs/BENCHMARKS.md has the sweeps
     # behind MA2ML's and MA2ML-Lite's.
     c.ma2ml = _section(MA2MLConfig, exclude=("on_policy",))  # on_policy: search.algorithm
+    # ma2ml_paper and ma2ml_onpolicy read this section, not `ma2ml`: the same keys, holding the
+    # paper's settings (agents.ma2ml.PAPER); --config.ma2ml_paper.KEY=VALUE overrides one.
+    c.ma2ml_paper = _section(MA2MLConfig, exclude=("on_policy",), values=PAPER)
     c.lite = _section(LiteConfig)
     c.evolution = _section(EvolutionConfig)
     c.qlearning = _section(QLearningConfig)
@@ -157,10 +161,10 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _section(cls, exclude: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
-    """A config section holding the defaults of a searcher's config NamedTuple."""
-    return ml_collections.ConfigDict({k: v for k, v in cls._field_defaults.items()
-                                      if k not in exclude})
+def _section(cls, exclude: tuple[str, ...] = (), values=None) -> ml_collections.ConfigDict:
+    """A config section holding a searcher's config NamedTuple: `values` or the defaults."""
+    fields = values._asdict() if values is not None else cls._field_defaults
+    return ml_collections.ConfigDict({k: v for k, v in fields.items() if k not in exclude})
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -1,4 +1,5 @@
-"""The ImageNet-200 config's variants (the paper's two FLOPs constraints) and the reward keys."""
+"""The ImageNet-200 config's variants (the paper's two FLOPs constraints), the reward keys, and
+which config section and settings each MA2ML searcher is built from."""
 
 import pytest
 
@@ -45,3 +46,27 @@ def test_negative_flops_classes_is_rejected():
     c.reward.flops_classes = -1
     with pytest.raises(ConfigError, match=r"reward\.flops_classes=-1 must be >= 0"):
         config_lib.validate(c)
+
+
+@pytest.mark.parametrize("algorithm, section, preset", [
+    ("ma2ml", "ma2ml", "default"), ("ma2ml_paper", "ma2ml_paper", "paper"),
+    ("ma2ml_onpolicy", "ma2ml_paper", "paper")])
+def test_ma2ml_searchers_read_their_own_section(monkeypatch, algorithm, section, preset):
+    """ma2ml reads `ma2ml.*` (the class defaults), ma2ml_paper and its on-policy ablation read
+    `ma2ml_paper.*` (agents.ma2ml.PAPER); an override of the section read applies, one of the
+    other section does not."""
+    from ma2ml_jax import agents
+    from ma2ml_jax.agents import ma2ml
+    from ma2ml_jax.bench.objectives import make_objective
+
+    built = []
+    monkeypatch.setattr(ma2ml, "make_ma2ml", lambda space, p, config: built.append(config))
+    c = config_lib.base_config()
+    c.search.algorithm = algorithm
+    config_lib.validate(c)
+    other = "ma2ml_paper" if section == "ma2ml" else "ma2ml"
+    c[section].lam = 0.25
+    c[other].tau = 0.5
+    agents.make_searcher(c, make_objective({"aug": (2,), "nas": (3,)}, seed=0).space)
+    start = ma2ml.MA2MLConfig() if preset == "default" else ma2ml.PAPER
+    assert built == [start._replace(lam=0.25, on_policy=algorithm == "ma2ml_onpolicy")]

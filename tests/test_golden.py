@@ -3,9 +3,14 @@
 Every searcher on a deterministic objective (its asked pipelines and their rewards), and a random
 search of the tiny config that trains real proxy networks (its pipelines, with accuracies to a
 tolerance that other CPUs' floating point keeps). A change that should not alter behaviour, such
-as moving code between modules, keeps these logs; one that alters it on purpose regenerates them:
+as moving code between modules, keeps these logs; one that alters it on purpose regenerates them
+(`-m ''` adds the tiny config's slow one), then checks them in a second run:
 
-    MA2ML_JAX_WRITE_GOLDEN=1 python -m pytest -q -p no:xdist tests/test_golden.py
+    MA2ML_JAX_WRITE_GOLDEN=1 python -m pytest -q -n 0 tests/test_golden.py  # writes
+    python -m pytest -q -n 0 tests/test_golden.py                         # checks
+
+A writing run checks nothing: each test skips once it has written its log, so a log can never
+pass against itself in the run that wrote it.
 """
 
 import json
@@ -54,6 +59,7 @@ def _check(name, got, tolerance):
         os.makedirs(GOLDEN, exist_ok=True)
         with open(path, "w") as f:
             f.write("[\n" + ",\n".join(json.dumps(t) for t in got) + "\n]\n")
+        pytest.skip(f"wrote {path}; rerun without MA2ML_JAX_WRITE_GOLDEN to check it")
     with open(path) as f:
         want = json.load(f)
     assert [(t["iteration"], t["tokens"], t["failure"]) for t in got] == [

@@ -1,7 +1,9 @@
 """MA2ML's math on a small cooperative problem with a known reward table: the counterfactual
-baseline (12), the policy gradient (13) against the exact gradient of the regularized objective,
-one update step's critic (11) and target (14) against a hand-made step, Theorem 1's monotone
-improvement, and search against random search."""
+baseline (12) and the advantages of (13) against brute-force enumeration, the policy gradient (13)
+against the exact gradient of the regularized objective and its direction, one update step's
+critic (11) and target (14) against a hand-made step, the paper's Algorithm 1 (`PAPER`) tell
+against a hand-made iteration, Theorem 1's monotone improvement, and search against random
+search."""
 
 import itertools
 
@@ -12,6 +14,7 @@ import pytest
 import scipy.stats
 
 from ma2ml_jax.agents.ma2ml import (
+    PAPER,
     MA2MLConfig,
     actor_surrogate,
     build_ma2ml,
@@ -219,17 +222,6 @@ def test_bad_options_name_the_key(options, message):
         make_ma2ml(TABLE.space, 4, MA2MLConfig(**options))
 
 
-def test_class_defaults_are_the_config_defaults():
-    """config.py's ma2ml section is built from MA2MLConfig: the same keys and defaults."""
-    from ma2ml_jax import config as config_lib
-
-    section = dict(config_lib.base_config().ma2ml)
-    section["critic_hidden"] = tuple(section["critic_hidden"])
-    expected = MA2MLConfig()._asdict()
-    expected.pop("on_policy")  # chosen by search.algorithm=ma2ml_onpolicy
-    assert section == expected
-
-
 # One critic, one step (11) per update on standardized rewards: the paper's update, which the
 # exact checks derive by hand.
 PAPER_CRITIC = dict(critic_steps=1, ensemble=1, proposal="policy", critic_target="standardized")
@@ -313,3 +305,200 @@ def test_on_policy_updates_see_only_the_last_tell():
     off, _ = _expected_critic(parts, config, state, key, None)
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(off),
                                                      jax.tree.leaves(expected)))
+
+
+# An exact problem: 2 agents x 2 decisions of 2 choices, so 4 actions per agent, and a known table
+# Q[aug action, nas action] (an action's index: 2 * d0 + d1) as the perfect critic. Best: (3, 1).
+EXACT_SPACE = make_objective({"aug": (2, 2), "nas": (2, 2)}, seed=0).space
+Q_TABLE = np.asarray([[0.1, 0.3, 0.0, 0.2],
+                      [0.4, 0.2, 0.1, 0.0],
+                      [0.0, 0.5, 0.3, 0.1],
+                      [0.2, 1.0, 0.0, 0.3]], np.float32)
+OWN = np.asarray([[0, 0], [0, 1], [1, 0], [1, 1]], np.int32)  # an agent's 4 actions, by index
+
+
+def _q_exact(actions):
+    """The perfect critic: {agent: int[..., 2]} -> Q_TABLE[aug index, nas index]."""
+    i, j = (2 * actions[a][..., 0] + actions[a][..., 1] for a in ("aug", "nas"))
+    return jnp.asarray(Q_TABLE)[i, j]
+
+
+def _exact_policies():
+    return {a: make_policy(EXACT_SPACE[a], "factorized") for a in EXACT_SPACE.agents}
+
+
+def _probs(logits):
+    """float64[4]: a factorized 2 x 2 policy's probability of each of OWN's actions."""
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    return p[0, OWN[:, 0]] * p[1, OWN[:, 1]]
+
+
+def test_advantages_are_eq_12_and_13_by_brute_force():
+    """actor_surrogate's advantage Q(A) - lam log(pi_i/rho_i)(A_i) - b_i, with b_i of (12), equals
+    the enumeration sum_{a'} pi_i(a') Q(a', A_-i) - lam KL(pi_i || rho_i) for every joint action.
+    pi's probabilities are multiples of 1/16, so K = 16 alternatives listed with those
+    multiplicities make the baseline's sample mean the exact expectation."""
+    policies = _exact_policies()
+    # aug: d0 (3/4, 1/4), d1 (1/2, 1/2); nas: d0 (1/4, 3/4), d1 (3/4, 1/4).
+    params = {"aug": {"logits": jnp.log(jnp.asarray([[0.75, 0.25], [0.5, 0.5]]))},
+              "nas": {"logits": jnp.log(jnp.asarray([[0.25, 0.75], [0.75, 0.25]]))}}
+    target = {a: {"logits": jnp.asarray(np.random.default_rng(i).normal(size=(2, 2)),
+                                        jnp.float32)} for i, a in enumerate(policies)}
+    pi = {a: _probs(np.asarray(params[a]["logits"], np.float64)) for a in policies}
+    rho = {a: _probs(np.asarray(target[a]["logits"], np.float64)) for a in policies}
+    # Every joint action once: B = 16, aug index = row // 4, nas index = row % 4.
+    rows = np.arange(16)
+    index = {"aug": rows // 4, "nas": rows % 4}
+    actions = {a: jnp.asarray(OWN[index[a]]) for a in policies}
+    listed = {a: np.repeat(np.arange(4), np.round(16 * pi[a]).astype(int)) for a in policies}
+    assert all(len(x) == 16 for x in listed.values())
+    alternatives = {a: jnp.asarray(np.broadcast_to(OWN[listed[a]][:, None], (16, 16, 2)))
+                    for a in policies}
+    _, (advantage, _) = actor_surrogate(policies, params, params, target, _q_exact, actions,
+                                        alternatives, LAM)
+    baseline = counterfactual_baseline(_q_exact, policies, params, target, actions,
+                                       alternatives, LAM)
+    for i, a in enumerate(policies):
+        kl = (pi[a] * np.log(pi[a] / rho[a])).sum()
+        for r in rows:
+            if a == "aug":
+                expected_q = (pi[a] * Q_TABLE[:, index["nas"][r]]).sum()
+            else:
+                expected_q = (pi[a] * Q_TABLE[index["aug"][r], :]).sum()
+            b = expected_q - LAM * kl
+            own = index[a][r]
+            adv = (Q_TABLE[index["aug"][r], index["nas"][r]]
+                   - LAM * np.log(pi[a][own] / rho[a][own]) - b)
+            assert float(baseline[i, r]) == pytest.approx(b, abs=1e-5), (a, r)
+            assert float(advantage[i, r]) == pytest.approx(adv, abs=1e-5), (a, r)
+
+
+def test_actor_step_with_a_perfect_critic_raises_the_best_joint_action():
+    """From uniform pi = rho, with every joint action in the batch once (under a uniform policy
+    that is the exact expectation) and every alternative listed, (13)'s surrogate gradient is
+    minus the exact gradient of J_reg; a small step against it raises pi(best joint action)."""
+    policies = _exact_policies()
+    params = {a: policies[a].init(jax.random.key(0)) for a in policies}
+    rows = np.arange(16)
+    actions = {"aug": jnp.asarray(OWN[rows // 4]), "nas": jnp.asarray(OWN[rows % 4])}
+    alternatives = {a: jnp.asarray(np.broadcast_to(OWN[:, None], (4, 16, 2))) for a in policies}
+    grads = jax.grad(lambda p: actor_surrogate(policies, p, params, params, _q_exact, actions,
+                                               alternatives, LAM)[0])(params)
+
+    def j_init(p):
+        pa, pn = (jnp.exp(policies[a].log_prob(p[a], jnp.asarray(OWN))) for a in policies)
+        return (pa[:, None] * pn[None, :] * jnp.asarray(Q_TABLE)).sum()
+
+    # At pi = rho the KL term's gradient vanishes: -grad J_reg = -grad E_pi[Q].
+    exact = jax.grad(lambda p: -j_init(p))(params)
+    for a in policies:
+        np.testing.assert_allclose(grads[a]["logits"], exact[a]["logits"], atol=1e-6)
+
+    def best(p):
+        return float(jnp.exp(policies["aug"].log_prob(p["aug"], jnp.asarray(OWN[3]))
+                             + policies["nas"].log_prob(p["nas"], jnp.asarray(OWN[1]))))
+
+    stepped = jax.tree.map(lambda x, g: x - 0.5 * g, params, grads)
+    assert best(stepped) > best(params) + 0.005
+    assert float(j_init(stepped)) > float(j_init(params))
+
+
+@pytest.mark.parametrize("config", [MA2MLConfig(critic_batch=8, actor_batch=4, updates=1,
+                                                num_alternatives=2, candidates=16),
+                                    PAPER._replace(critic_batch=8)],
+                         ids=["default", "paper"])
+def test_tell_with_rewards_moves_the_policies_and_their_targets(config):
+    s = make_ma2ml(TABLE.space, 4, config)
+    state = s.init(jax.random.key(0))
+    policy0 = jax.tree.map(np.asarray, state.policy)
+    actions, state = s.ask(state, jax.random.key(1))
+    state, _ = s.tell(state, actions, np.asarray(TABLE.true_reward(actions)))
+    for tree in (state.policy, state.target):
+        assert any(not np.allclose(x, y) for x, y in zip(jax.tree.leaves(tree),
+                                                         jax.tree.leaves(policy0)))
+
+
+def test_paper_ask_is_p_samples_of_the_policies():
+    parts = build_ma2ml(TABLE.space, 4, PAPER._replace(critic_batch=8))
+    state = parts.searcher.init(jax.random.key(0))
+    state = state._replace(policy=_random_params(parts.policies, 1))
+    key = jax.random.key(2)
+    actions, _ = parts.searcher.ask(state, key)
+    for i, a in enumerate(TABLE.agents):
+        assert actions[a].shape == (4, TABLE.space[a].n_decisions)
+        np.testing.assert_array_equal(actions[a], parts.policies[a].sample(
+            state.policy[a], jax.random.fold_in(key, i), 4))
+
+
+def test_paper_tell_is_one_step_of_11_13_14_on_one_minibatch():
+    """Algorithm 1, lines 8-12, recomputed by hand: store the batch, draw ONE mini-batch B, one
+    Adam step of the critic on B's standardized rewards (11), one Adam step of every actor on B's
+    actions with K = 1 (12)-(13), one Polyak step (14)."""
+    import optax
+
+    from ma2ml_jax.agents.critic import critic_loss
+    from ma2ml_jax.agents.normalize import update_stats
+
+    config = PAPER._replace(critic_batch=8)
+    assert (config.updates, config.critic_steps, config.ensemble, config.num_alternatives,
+            config.proposal, config.actor_actions) == (1, 1, 1, 1, "policy", "critic_batch")
+    parts = build_ma2ml(TABLE.space, 4, config)
+    s, policies = parts.searcher, parts.policies
+    state = s.init(jax.random.key(0))
+    for t in range(2):  # so that pi, rho and the optimizers' moments are no longer at their start
+        actions, state = s.ask(state, jax.random.key(10 + t))
+        state, _ = s.tell(state, actions, np.asarray(TABLE.true_reward(actions)))
+    actions, _ = s.ask(state, jax.random.key(20))
+    rewards = np.asarray(TABLE.true_reward(actions))
+    before = jax.tree.map(jnp.copy, state)  # tell donates its state
+    after, _ = s.tell(state, actions, rewards)
+
+    # Line 8: the told pipelines are in D.
+    replay = parts.replay.add(jax.tree.map(jnp.copy, before.replay),
+                              {"tokens": actions, "reward": jnp.asarray(rewards)})
+    stats = update_stats(before.stats, rewards)
+    for x, y in zip(jax.tree.leaves(replay), jax.tree.leaves(after.replay)):
+        np.testing.assert_array_equal(x, y)
+    # Line 9: B, drawn with tell's key chain (one update step, one critic step, one member).
+    step_key = jax.random.split(jax.random.split(before.key)[1], 1)[0]
+    k_critic, k_actor, k_alt = jax.random.split(step_key, 3)
+    k_batch = jax.random.split(jax.random.split(k_critic, 1)[0], 1)[0]
+    batch = parts.replay.sample(replay, k_batch, 8)
+    # Line 10, (11): one Adam step on mean_B (Q - standardized R)^2.
+    phi = jax.tree.map(lambda x: x[0], before.critic)
+    target_r = (batch["reward"] - stats.mean) / stats.std
+    grads = jax.grad(lambda p: critic_loss(parts.critic, p, batch["tokens"], target_r))(phi)
+    critic_opt = jax.tree.map(lambda x: x[0] if getattr(x, "ndim", 0) else x, before.critic_opt)
+    updates, _ = optax.adam(config.critic_lr).update(grads, critic_opt, phi)
+    phi = optax.apply_updates(phi, updates)
+    for e, g in zip(jax.tree.leaves(phi), jax.tree.leaves(after.critic)):
+        np.testing.assert_allclose(g[0], e, rtol=1e-4, atol=1e-6)
+
+    # Line 11, (12)-(13): one Adam step of the actors on B's actions, K = 1 alternative each.
+    def actor_step(actor_actions):
+        alternatives = {a: policies[a].sample(before.policy[a], jax.random.fold_in(k_alt, i),
+                                              8)[None] for i, a in enumerate(TABLE.agents)}
+        q = lambda toks: parts.critic.apply(phi, toks)  # noqa: E731
+        g = jax.grad(lambda p: actor_surrogate(policies, p, before.policy, before.target, q,
+                                               actor_actions, alternatives, config.lam)[0])(
+            before.policy)
+        u, _ = optax.adam(config.actor_lr).update(g, before.actor_opt, before.policy)
+        return optax.apply_updates(before.policy, u)
+
+    policy = actor_step(batch["tokens"])
+    for e, g in zip(jax.tree.leaves(policy), jax.tree.leaves(after.policy)):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6)
+    # The check can tell mini-batches apart: actions of another replay sample give another step.
+    other = actor_step(parts.replay.sample(replay, k_actor, 8)["tokens"])
+    assert any(not np.allclose(e, g) for e, g in zip(jax.tree.leaves(other),
+                                                     jax.tree.leaves(after.policy)))
+    # Line 12, (14): rho' = (1 - tau) rho + tau pi', once.
+    for r, p, t in zip(jax.tree.leaves(before.target), jax.tree.leaves(policy),
+                       jax.tree.leaves(after.target)):
+        np.testing.assert_allclose(t, (1 - config.tau) * np.asarray(r) + config.tau * np.asarray(p),
+                                   rtol=1e-5, atol=1e-7)
+    # One optimizer step each per tell: three tells, three steps.
+    counts = [int(x) for x in jax.tree.leaves(after.actor_opt) + jax.tree.leaves(after.critic_opt)
+              if jnp.issubdtype(x.dtype, jnp.integer)]
+    assert counts and set(counts) == {3}

@@ -72,7 +72,7 @@ def test_an_evaluators_own_scalars_are_logged_under_extra(tmp_path):
     assert not any("extra" in t for t in _read(tmp_path / "plain"))
 
 
-# ma2ml_onpolicy resumes through the same code as ma2ml (a minute each): CI's slow step runs it.
+# ma2ml_onpolicy resumes through the same code as ma2ml_paper: CI's slow step runs it.
 @pytest.mark.parametrize("algorithm", [
     pytest.param(a, marks=pytest.mark.slow) if a == "ma2ml_onpolicy" else a
     for a in config_lib.ALGORITHMS])
@@ -143,7 +143,10 @@ def test_bad_config_values(tmp_path, key, value, message):
 
 @pytest.mark.parametrize("algorithm, key, value, message", [
     ("ma2ml", "ma2ml.tau", 0.0, "ma2ml.tau=0.0 must be in (0, 1]"),
-    ("ma2ml_onpolicy", "ma2ml.actor_actions", "buffer", "ma2ml.actor_actions='buffer' is not"),
+    ("ma2ml_onpolicy", "ma2ml_paper.actor_actions", "buffer",
+     "ma2ml_paper.actor_actions='buffer' is not"),
+    ("ma2ml_paper", "ma2ml_paper.critic_target", "ranks",
+     "ma2ml_paper.critic_target='ranks' is not"),
     ("ma2ml", "ma2ml.lambda", 0.1,
      "ma2ml.lambda is not a key of ma2ml; valid: policy, hidden, lam"),
     ("lite", "lite.baseline_decay", 1.0, "lite.baseline_decay=1.0 must be in [0, 1)"),

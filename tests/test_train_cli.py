@@ -25,6 +25,9 @@ def _train(*args, cwd=ROOT, timeout=300):
     (["--config.data.source=mnist"], "unknown data source 'mnist'; valid sources: digits"),
     (["--config=configs/missing.py"], "cannot load --config"),
     (["--config.search.algorithm=bayes"], "search.algorithm='bayes' is not one of 'random'"),
+    # The paper's algorithm is a searcher of the CLI, with its own config section.
+    (["--config.search.algorithm=ma2ml_paper", "--config.ma2ml_paper.tau=0.0"],
+     "ma2ml_paper.tau=0.0 must be in (0, 1]"),
 ])
 def test_bad_input_is_one_line_with_exit_code_2(tmp_path, args, message):
     r = _train(*args, f"--workdir={tmp_path / 'w'}")

@@ -17,15 +17,19 @@ from ma2ml_jax.agents.repeats import (
 from ma2ml_jax.errors import ConfigError, choices
 from ma2ml_jax.spaces import PipelineSpace
 
-__all__ = ["ALGORITHMS", "Actions", "REPEAT_AWARE", "RepeatGuard", "Searcher", "avoid_repeats",
-           "count_repeats", "iteration_keys", "known_rewards", "make_random_search",
-           "make_searcher", "pipeline_key"]
+__all__ = ["ALGORITHMS", "Actions", "MA2ML_SECTIONS", "REPEAT_AWARE", "RepeatGuard", "Searcher",
+           "avoid_repeats", "count_repeats", "iteration_keys", "known_rewards",
+           "make_random_search", "make_searcher", "pipeline_key"]
 
 # `search.algorithm`: the searchers `make_searcher` builds.
-ALGORITHMS = ("random", "tpe", "ma2ml", "ma2ml_onpolicy", "lite", "qlearning", "evolution",
-              "local")
+ALGORITHMS = ("random", "tpe", "ma2ml", "ma2ml_paper", "ma2ml_onpolicy", "lite", "qlearning",
+              "evolution", "local")
 # Searchers whose ask is pure and whose tell takes any batch size (`repeats.RepeatGuard`).
-REPEAT_AWARE = ("random", "ma2ml", "ma2ml_onpolicy", "lite", "evolution", "local")
+REPEAT_AWARE = ("random", "ma2ml", "ma2ml_paper", "ma2ml_onpolicy", "lite", "evolution", "local")
+# The config section each MA2ML searcher reads: `ma2ml` the screened default's, `ma2ml_paper`
+# the paper's Algorithm 1 (agents.ma2ml.PAPER), shared by its on-policy ablation.
+MA2ML_SECTIONS = {"ma2ml": "ma2ml", "ma2ml_paper": "ma2ml_paper",
+                  "ma2ml_onpolicy": "ma2ml_paper"}
 
 
 def make_searcher(config: ml_collections.ConfigDict, space: PipelineSpace) -> Searcher:
@@ -33,13 +37,16 @@ def make_searcher(config: ml_collections.ConfigDict, space: PipelineSpace) -> Se
     algorithm = config.search.algorithm
     if algorithm == "random":
         return make_random_search(space, config.search.pipelines)
-    if algorithm in ("ma2ml", "ma2ml_onpolicy"):
+    if algorithm in MA2ML_SECTIONS:
         from ma2ml_jax.agents.ma2ml import MA2MLConfig, make_ma2ml
 
-        options = _options(config.ma2ml, MA2MLConfig, "ma2ml")
+        section = MA2ML_SECTIONS[algorithm]
+        options = _options(config[section], MA2MLConfig, section)
         options["critic_hidden"] = tuple(options["critic_hidden"])
         options["on_policy"] = algorithm == "ma2ml_onpolicy"
-        return _checked(make_ma2ml, space, config.search.pipelines, MA2MLConfig(**options))
+        options = MA2MLConfig(**options)
+        _checked(options.check, section)
+        return _checked(make_ma2ml, space, config.search.pipelines, options)
     if algorithm == "lite":
         from ma2ml_jax.agents.lite import LiteConfig, make_lite
 

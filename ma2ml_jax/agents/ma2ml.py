@@ -6,8 +6,9 @@ autoregressive, `agents.policy`) and target policy rho_i. Per iteration (Algorit
 replay buffer and runs `updates` update steps, each one jitted function (`update_step`):
 
 1. critic, equation (11): Q_phi(S, A) regressed onto the rewards of a replay mini-batch,
-   standardized by running statistics or (`critic_target="quantile"`) replaced by the normal
-   scores of their ranks among every reward in the replay (`agents.normalize.normal_scores`);
+   standardized by running statistics, as they are (`critic_target="raw"`), or
+   (`critic_target="quantile"`) replaced by the normal scores of their ranks among every reward
+   in the replay (`agents.normalize.normal_scores`);
 2. actors, equations (12)-(13): for actor actions A (see `actor_actions`),
        adv_i = [Q(S, A) - lam * log(pi_i / rho_i)(A_i)] - b_i,
        b_i   = E_{A_i' ~ pi_i}[Q(S, A_i', A_-i)] - lam * KL(pi_i || rho_i),
@@ -17,8 +18,12 @@ replay buffer and runs `updates` update steps, each one jitted function (`update
    Gradient: -mean_B sum_i stop_grad(adv_i) * grad log pi_i(A_i);
 3. targets, equation (14): rho_i <- (1 - tau) rho_i + tau pi_i.
 
-Where the actor's actions come from, the paper leaves open; `actor_actions` selects:
-  "replay": the actions of a replay mini-batch (what was evaluated, possibly by older policies);
+Where the actor's actions come from, `actor_actions` selects:
+  "critic_batch": the actions of the critic step's replay mini-batch B, as Figure 2's caption
+            says ("a mini-batch of <S,A,R> are sampled from the replay buffer to update the
+            critic, policies, and target policies");
+  "replay": the actions of a replay mini-batch of their own (what was evaluated, possibly by
+            older policies);
   "fresh":  actions sampled from the current policies and scored by the critic. The critic is what
             makes learning off-policy; the policy-gradient estimate is then on-policy in A.
 Which pipelines `ask` proposes, `proposal` selects:
@@ -30,6 +35,45 @@ Which pipelines `ask` proposes, `proposal` selects:
               (12)-(14) use their mean, so with `ensemble=1` the learner is the paper's.
 `on_policy=True` is the paper's on-policy ablation: every mini-batch is drawn from the pipelines
 of the latest `tell` only (the replay buffer still stores all, but the learner sees only those).
+
+The paper's algorithm, `PAPER` (`search.algorithm=ma2ml_paper`; `ma2ml_onpolicy` is `PAPER` with
+`on_policy=True`), against Algorithm 1:
+  1  initialize phi, theta_i, theta_bar_i: `init`; one critic (`ensemble=1`, `make_critic`), each
+     agent's policy (`agents.policy`), its target a copy of it.
+  2  for iter = 1 .. max_iter: the driver's loop (`search.run`, `search.iterations`), one `ask`,
+     evaluation and `tell` per iteration.
+  3  receive S_i: the state is the same every iteration (a one-step problem), so no code reads it;
+     the policies are unconditional (factorized) or condition on their own earlier decisions
+     (autoregressive).
+  4  sample A_i ~ pi_i for each agent: `ask` with `proposal="policy"`, P = `search.pipelines`
+     samples of every policy.
+  5  the pipeline from A: `PipelineSpace.decode` in the driver.
+  6  train the pipeline: the evaluator (`evaluate`, `proxy`), or a user's objective.
+  7  top-1 validation accuracy as R: `reward.kind=accuracy` (`rewards`).
+  8  store <S, A, R> in D: `tell` -> `replay.add`.
+  9  sample a mini-batch B from D: `update_step`'s one critic step (`critic_steps=1`,
+     `updates=1`: one update step per `tell`) draws B, `critic_batch` items with replacement.
+  10 update the critic by (11): one Adam step on mean_B (Q_phi(S, A) - R~)^2 (R~: below).
+  11 update each policy by (13): one Adam step of every actor on B's actions
+     (`actor_actions="critic_batch"`), the baseline (12) from K = 1 alternative A_i' ~ pi_i per
+     item (`num_alternatives=1`: Section 3.4's "use the sampled action A_i as input, while
+     keeping other actions fixed"), KL(pi_i || rho_i) exact for the factorized policy.
+  12 update each target policy by (14): rho_i <- (1 - tau) rho_i + tau pi_i, once.
+  13 end for.
+  14-16 top-k pipelines by validation accuracy, retrained, measured on test: `retrain`.
+Where the paper is silent, `PAPER` keeps this class's defaults (the learner's, not tuned for
+`ma2ml_paper`): lam = 3, tau = 0.1, Adam with actor_lr = 0.1 and critic_lr = 1e-2, |B| = 64
+(`critic_batch`), a critic of summed per-decision embeddings and an MLP of widths (64, 64)
+(`agents.critic`), factorized policies, a replay of 4096 items, one update step per iteration
+(Algorithm 1's loop body). R~ is the reward standardized by the running mean and std of every
+reward told (`critic_target="standardized"`), not the raw R of (11): the paper's R is a top-1
+accuracy whose spread between pipelines is a few hundredths, while the critic starts near 0 and
+lam and the learning rates (which the paper does not give) act in the reward's units.
+Standardizing is an affine map of R, so the critic's regression is (11)'s up to that map, and
+the advantages of (13) are the raw ones divided by the reward std with lam counted in reward
+stds: one lam and one learning rate serve accuracies, constrained rewards and a user's objective
+alike. The price: the map moves a little as rewards arrive. `critic_target="raw"` regresses on
+R itself (lam then in the reward's own units).
 """
 
 from __future__ import annotations
@@ -67,9 +111,9 @@ from ma2ml_jax.agents.screening import concat as concat_actions
 from ma2ml_jax.agents.screening import take as take_actions
 from ma2ml_jax.spaces import PipelineSpace
 
-ACTOR_ACTIONS = ("fresh", "replay")
+ACTOR_ACTIONS = ("fresh", "replay", "critic_batch")
 PROPOSALS = ("policy", "screened")
-CRITIC_TARGETS = ("standardized", "quantile")
+CRITIC_TARGETS = ("standardized", "quantile", "raw")
 MUTANT_AGENTS = ("any", "credit")
 FILL = 4  # screened: uniform fill-in candidates per proposal
 
@@ -100,14 +144,16 @@ class MA2MLConfig(NamedTuple):
     updates: int = 10  # update steps per iteration (tell)
     critic_batch: int = 64
     actor_batch: int = 32
-    actor_actions: str = "fresh"  # fresh (sampled from pi, scored by the critic) | replay
+    # fresh (sampled from pi, scored by the critic) | replay (a mini-batch of its own) |
+    # critic_batch (the critic step's mini-batch B, Figure 2; actor_batch is then unused)
+    actor_actions: str = "fresh"
     critic_hidden: tuple = (64, 64)
     replay_capacity: int = 4096
     entropy: float = 0.0  # optional entropy bonus (0 = the paper's objective)
     on_policy: bool = False
     critic_steps: int = 32  # critic steps (11) per update step
     # What the critic regresses on: standardized rewards (running mean and std) | normal scores
-    # of the rewards' ranks in the replay (agents.normalize.normal_scores)
+    # of the rewards' ranks in the replay (agents.normalize.normal_scores) | raw rewards
     critic_target: str = "quantile"
     ensemble: int = 5  # critic members (1: the paper's critic); (12)-(13) use their mean
     # Which pipelines are evaluated: policy (P samples of the policies, the paper's Algorithm 1)
@@ -127,36 +173,38 @@ class MA2MLConfig(NamedTuple):
     # eq. (12), the likeliest)
     mutant_agents: str = "any"
 
-    def check(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(f"ma2ml.policy={self.policy!r} is not one of {list(POLICIES)}")
-        if self.actor_actions not in ACTOR_ACTIONS:
-            raise ValueError(f"ma2ml.actor_actions={self.actor_actions!r} is not one of "
-                             f"{list(ACTOR_ACTIONS)}")
-        if self.proposal not in PROPOSALS:
-            raise ValueError(f"ma2ml.proposal={self.proposal!r} is not one of {list(PROPOSALS)}")
-        if self.critic_target not in CRITIC_TARGETS:
-            raise ValueError(f"ma2ml.critic_target={self.critic_target!r} is not one of "
-                             f"{list(CRITIC_TARGETS)}")
-        if self.mutant_agents not in MUTANT_AGENTS:
-            raise ValueError(f"ma2ml.mutant_agents={self.mutant_agents!r} is not one of "
-                             f"{list(MUTANT_AGENTS)}")
-        if self.acquisition not in ACQUISITIONS:
-            raise ValueError(f"ma2ml.acquisition={self.acquisition!r} is not one of "
-                             f"{list(ACQUISITIONS)}")
+    def check(self, section: str = "ma2ml") -> None:
+        """Raises ValueError naming the bad key as `section.key` (the config section read)."""
+        for name, value, valid in (("policy", self.policy, POLICIES),
+                                   ("actor_actions", self.actor_actions, ACTOR_ACTIONS),
+                                   ("proposal", self.proposal, PROPOSALS),
+                                   ("critic_target", self.critic_target, CRITIC_TARGETS),
+                                   ("acquisition", self.acquisition, ACQUISITIONS),
+                                   ("mutant_agents", self.mutant_agents, MUTANT_AGENTS)):
+            if value not in valid:
+                raise ValueError(f"{section}.{name}={value!r} is not one of {list(valid)}")
         for name in ("uniform_candidates", "parents", "mutants"):
             if getattr(self, name) < 0:
-                raise ValueError(f"ma2ml.{name}={getattr(self, name)} must be >= 0")
+                raise ValueError(f"{section}.{name}={getattr(self, name)} must be >= 0")
         if self.beta < 0:
-            raise ValueError(f"ma2ml.beta={self.beta} must be >= 0")
+            raise ValueError(f"{section}.beta={self.beta} must be >= 0")
         for name in ("num_alternatives", "updates", "critic_batch", "actor_batch",
                      "replay_capacity", "critic_steps", "ensemble", "candidates", "max_changes"):
             if getattr(self, name) < 1:
-                raise ValueError(f"ma2ml.{name}={getattr(self, name)} must be >= 1")
+                raise ValueError(f"{section}.{name}={getattr(self, name)} must be >= 1")
         if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"ma2ml.tau={self.tau} must be in (0, 1]")
+            raise ValueError(f"{section}.tau={self.tau} must be in (0, 1]")
         if self.lam < 0 or self.actor_lr <= 0 or self.critic_lr <= 0:
-            raise ValueError("ma2ml.lam must be >= 0 and the learning rates > 0")
+            raise ValueError(f"{section}.lam must be >= 0 and the learning rates > 0")
+
+
+# Algorithm 1 as written (search.algorithm=ma2ml_paper, config section `ma2ml_paper`): P policy
+# samples evaluated; per iteration one mini-batch B, one critic step (11) on it with one critic,
+# one actor step (13) on its actions with K = 1, one Polyak step (14). Every other value is the
+# class default (the module docstring says why each is what it is).
+PAPER = MA2MLConfig(proposal="policy", ensemble=1, updates=1, critic_steps=1,
+                    actor_actions="critic_batch", num_alternatives=1,
+                    critic_target="standardized")
 
 
 def counterfactual_baseline(critic_apply, policies, params, target, actions, alternatives,
@@ -252,6 +300,8 @@ def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig | 
     lam, K = config.lam, config.num_alternatives
 
     members = config.ensemble
+    from_critic_batch = config.actor_actions == "critic_batch"
+    actor_batch = config.critic_batch if from_critic_batch else config.actor_batch
     pipeline_hash = make_hash(space)
     flat = FlatSpace(space)
 
@@ -365,8 +415,10 @@ def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig | 
             phi, opt = carry
             batch = jax.vmap(lambda kk: replay.sample(fitted, kk, config.critic_batch,
                                                       window))(jax.random.split(k, members))
-            target_r = (batch["reward"] if config.critic_target == "quantile" else
-                        standardize(state.stats, batch["reward"]))  # [members, batch]
+            if config.critic_target == "standardized":
+                target_r = standardize(state.stats, batch["reward"])  # [members, batch]
+            else:  # quantile: normal scores already in the replay; raw: the rewards R
+                target_r = batch["reward"]
 
             def loss(phi):
                 return jax.vmap(lambda p, toks, r: critic_loss(critic, p, toks, r))(
@@ -374,20 +426,26 @@ def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig | 
 
             value, grads = jax.value_and_grad(loss)(phi)
             updates, opt = critic_tx.update(grads, opt, phi)
-            return (optax.apply_updates(phi, updates), opt), value / members
+            # The mini-batch B goes on to the actors only where they learn from it (a Python
+            # branch: the other settings trace the program they always traced).
+            used = (jax.tree.map(lambda x: x[0], batch["tokens"]) if from_critic_batch
+                    else None)
+            return (optax.apply_updates(phi, updates), opt), (value / members, used)
 
-        (phi, critic_opt), losses = jax.lax.scan(
+        (phi, critic_opt), (losses, critic_actions) = jax.lax.scan(
             critic_step, (state.critic, state.critic_opt),
             jax.random.split(k_critic, config.critic_steps))
         loss_q = losses[-1]
 
         # (12)-(13) actors.
-        if config.actor_actions == "replay":
+        if from_critic_batch:  # the last critic step's B (the first member's, if several)
+            actions = jax.tree.map(lambda x: x[-1], critic_actions)
+        elif config.actor_actions == "replay":
             actions = replay.sample(state.replay, k_actor, config.actor_batch, window)["tokens"]
         else:
             actions = sample_joint(state.policy, k_actor, config.actor_batch)
-        alternatives = {a: x.reshape((K, config.actor_batch, -1)) for a, x in
-                        sample_joint(state.policy, k_alt, K * config.actor_batch).items()}
+        alternatives = {a: x.reshape((K, actor_batch, -1)) for a, x in
+                        sample_joint(state.policy, k_alt, K * actor_batch).items()}
         q_apply = lambda toks: ensemble_q(phi, toks).mean(0)  # noqa: E731
         (_, (advantage, log_ratio)), grads = jax.value_and_grad(
             lambda params: actor_surrogate(policies, params, state.policy, state.target, q_apply,

@@ -103,12 +103,8 @@ ALGORITHMS = {
     "ma2ml_frozen": ("ma2ml", {"ma2ml.actor_lr": 1e-9}, True),
     # The paper's proposals (P samples of the policies) with the default critic, one member.
     "ma2ml_policy": ("ma2ml", {"ma2ml.proposal": "policy", "ma2ml.ensemble": 1}, True),
-    # The paper's Algorithm 1 as written: policy proposals, one critic step (11) per update on
-    # standardized rewards (the learner's lam and actor_lr of the cooperative sweep).
-    "ma2ml_paper": ("ma2ml", {"ma2ml.proposal": "policy", "ma2ml.ensemble": 1,
-                              "ma2ml.critic_steps": 1, "ma2ml.critic_lr": 3e-3,
-                              "ma2ml.critic_target": "standardized", "ma2ml.lam": 3.0,
-                              "ma2ml.actor_lr": 0.02}, True),
+    # The paper's Algorithm 1 as written (agents.ma2ml.PAPER, config section ma2ml_paper).
+    "ma2ml_paper": ("ma2ml_paper", {}, True),
     # The default with the critic fitted to standardized rewards instead of rank normal scores.
     "ma2ml_standardized": ("ma2ml", {"ma2ml.critic_target": "standardized"}, True),
     "ma2ml_replay": ("ma2ml", {"ma2ml.actor_actions": "replay"}, True),
