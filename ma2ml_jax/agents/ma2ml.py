@@ -33,6 +33,18 @@ Which pipelines `ask` proposes, `proposal` selects:
               best never-evaluated ones by an acquisition (`agents.screening`). The critic
               members are trained as in (11), each on its own bootstrap mini-batches; equations
               (12)-(14) use their mean, so with `ensemble=1` the learner is the paper's.
+              With `mutants` > 0 the candidates also hold, per best pipeline, that many
+              multi-decision moves whose new values the policies draw (renormalized over the
+              values the parent lacks; `agents.screening.policy_mutants`): the way the agents'
+              policies reach the proposals in spaces too large for one-decision moves. With
+              `mutant_agents="credit"` each move changes one agent's decisions, the agent drawn by
+              its counterfactual advantage (12) at the parent (worst-rated choices likeliest).
+What the actors maximise follows the critic's target: with `critic_target="quantile"` (the
+default) Q predicts the normal score Phi^-1 of a pipeline's reward rank among every reward in the
+replay, so (13) raises E_pi[Phi^-1(rank of R)], not E_pi[R]: a monotone transform that weighs an
+improvement near the top of the replay as much as one in the middle, and whose scale moves as
+the replay grows (a pipeline's target falls as better ones arrive). With "standardized" or "raw"
+the objective is E_pi[R] up to an affine map, as in the paper.
 `on_policy=True` is the paper's on-policy ablation: every mini-batch is drawn from the pipelines
 of the latest `tell` only (the replay buffer still stores all, but the learner sees only those).
 

@@ -101,6 +101,10 @@ ALGORITHMS = {
     # samples plus the one-decision neighbours of the best pipelines, screened by the critics.
     # What the agents add to the default is its distance from this row.
     "ma2ml_frozen": ("ma2ml", {"ma2ml.actor_lr": 1e-9}, True),
+    # The default with policy mutants (multi-decision moves around the best pipelines whose new
+    # values the policies draw), and the same with frozen actors (uniform mutants).
+    "ma2ml_mutants": ("ma2ml", {"ma2ml.mutants": 64}, True),
+    "ma2ml_mutants_frozen": ("ma2ml", {"ma2ml.mutants": 64, "ma2ml.actor_lr": 1e-9}, True),
     # The paper's proposals (P samples of the policies) with the default critic, one member.
     "ma2ml_policy": ("ma2ml", {"ma2ml.proposal": "policy", "ma2ml.ensemble": 1}, True),
     # The paper's Algorithm 1 as written (agents.ma2ml.PAPER, config section ma2ml_paper).
