@@ -218,3 +218,20 @@ def test_frozen_row_and_paper_size_suites_in_the_benchmark():
     composites, cooperative = se.PAPER_SIZE["paper_size"]
     assert composites == suite.REPORTING_COMPOSITES and cooperative == "large"
     assert se.PAPER_SIZE["paper_size_tuning"][0] == suite.TUNING_COMPOSITES
+
+
+def test_iaml_glmnet_accuracy_is_one_minus_the_surrogates_error(monkeypatch):
+    seen = []
+
+    def predict(x_cat, x_cont):  # mmce = alpha / 10 + s / 1e4; other outputs made up
+        seen.append(x_cat.copy())
+        return np.stack([x_cont[:, 0] / 10 + x_cont[:, 1] / 1e4, np.ones(len(x_cat))], 1)
+
+    monkeypatch.setattr(suite, "_surrogate",
+                        lambda cache, scenario: (predict, {"task_id": {"1489": 2}}))
+    space, values = suite.PROBLEMS["iaml_glmnet_1489"].build("unused")
+    assert space.agents == ("mixing", "strength") and len(values) == 11 * 15
+    assert (np.concatenate(seen) == 2).all()
+    alpha = np.repeat(np.linspace(0, 1, 11), 15)
+    s = np.tile(10.0 ** (np.arange(-8, 7) / 2), 11)
+    np.testing.assert_allclose(values, 1 - (alpha / 10 + s / 1e4), rtol=1e-5)
