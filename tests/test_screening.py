@@ -77,6 +77,14 @@ def test_policy_mutants_take_a_subset_of_decisions_from_the_samples():
     assert set(np.unique(counts[:500]).tolist()) == {1, 2, 3}
     # Every changeable decision gets changed somewhere.
     assert changed[:500].any(0)[[0, 2, 3, 4, 5]].all()
+    # Restricted to agent b's decisions (one agent's, as `mutant_agents="credit"` does), with at
+    # most as many changes as b has decisions.
+    allowed = jnp.asarray([[False, False, False, True, True, True]] * 1000)
+    out = np.asarray(screening.policy_mutants(flat, parents, samples, jax.random.key(1), 8,
+                                              allowed))
+    changed = out != base
+    assert not changed[:, :3].any() and changed.sum(1).min() == 1
+    assert changed.sum(1).max() == 3
 
 
 def test_ucb_prefers_uncertain_candidates_and_respects_allowed():
@@ -117,6 +125,37 @@ def _screened(objective, pipelines, **kw):
     config = MA2MLConfig(proposal="screened", ensemble=3, candidates=64, critic_batch=16,
                          actor_batch=8, num_alternatives=2, updates=4, **kw)
     return build_ma2ml(objective.space, pipelines, config)
+
+
+def test_other_values_follow_the_policy_among_the_values_the_parent_lacks():
+    probs = np.array([[0.1, 0.6, 0.3, 0.0], [0.7, 0.1, 0.1, 0.1]])  # decision 0 has 3 choices
+    logits = jnp.log(jnp.asarray(probs[None], jnp.float32)).at[0, 0, 3].set(-1e9)
+    parents = jnp.asarray([[1, 0]], jnp.int32)  # each parent holds its decision's mode
+    n = 20_000
+    out = np.asarray(screening.other_values(logits, parents, jax.random.key(0), n))
+    assert out.shape == (n, 2)
+    for d in range(2):
+        freq = np.bincount(out[:, d], minlength=4) / n
+        expect = probs[d].copy()
+        expect[int(parents[0, d])] = 0.0
+        np.testing.assert_allclose(freq, expect / expect.sum(), atol=0.015)
+
+
+@pytest.mark.parametrize("agents_rule", ["any", "credit"])
+def test_screened_ask_with_policy_mutants_proposes_new_pipelines(agents_rule):
+    objective = make_objective({"a": (3, 2, 4), "b": (2, 3, 3)}, seed=0)
+    parts = _screened(objective, 4, mutants=8, max_changes=3, mutant_agents=agents_rule)
+    s = parts.searcher
+    state = s.init(jax.random.key(0))
+    seen = set()
+    for it in range(4):
+        actions, state = s.ask(state, jax.random.key(it))
+        keys = [pipeline_key(actions, p) for p in range(4)]
+        assert len(set(keys)) == 4 and not set(keys) & seen, it
+        seen |= set(keys)
+        for a in objective.space.agents:
+            assert (np.asarray(actions[a]) < np.asarray(objective.space[a].sizes)).all()
+        state, _ = s.tell(state, actions, np.asarray(objective.true_reward(actions)))
 
 
 @pytest.mark.parametrize("uniform", [8, 0])

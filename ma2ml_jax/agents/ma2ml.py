@@ -120,6 +120,7 @@ from ma2ml_jax.agents.screening import (
     tiers,
 )
 from ma2ml_jax.agents.screening import concat as concat_actions
+from ma2ml_jax.agents.screening import other_values as screening_other_values
 from ma2ml_jax.agents.screening import take as take_actions
 from ma2ml_jax.spaces import PipelineSpace
 
@@ -340,18 +341,12 @@ def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig | 
     agent_of = np.repeat(np.arange(len(agents)), flat.widths)  # the agent of each decision
 
     def other_values(params, parents, key, per_parent):
-        """{agent: int32[M * per_parent, n]}: for every decision of every parent, a value other
-        than the parent's, drawn from the policy's (conditional) probabilities renormalized over
-        the other values; uniform policies give uniform other values.
+        """{agent: int32[M * per_parent, n]}: per decision of every parent, a value other than
+        the parent's, from the policy's conditional probabilities (`screening.other_values`).
         """
-        out = {}
-        for i, a in enumerate(agents):
-            logits = policies[a].logits(params[a], parents[a])  # [M, n, max_size]
-            logits = jnp.where(jax.nn.one_hot(parents[a], logits.shape[-1], dtype=bool),
-                               -jnp.inf, logits)
-            logits = jnp.repeat(logits, per_parent, axis=0)
-            out[a] = jax.random.categorical(jax.random.fold_in(key, i), logits).astype(jnp.int32)
-        return out
+        return {a: screening_other_values(policies[a].logits(params[a], parents[a]),
+                                          parents[a], jax.random.fold_in(key, i), per_parent)
+                for i, a in enumerate(agents)}
 
     def credit_allowed(state, parents, key, num):
         """bool[num, D]: each mutant may change one agent's decisions, the agent drawn with

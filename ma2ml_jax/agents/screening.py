@@ -129,6 +129,29 @@ def policy_mutants(flat: FlatSpace, parents: jax.Array, samples: jax.Array, key:
     return jnp.where(change, samples, base).astype(jnp.int32)
 
 
+def other_values(logits: jax.Array, parents: jax.Array, key: jax.Array, per_parent: int
+                 ) -> jax.Array:
+    """Per decision of every parent, `per_parent` draws of a value other than the parent's.
+
+    Args:
+      logits: float32[M, n, max_size], one agent's policy logits at each parent (conditional on
+        the parent's earlier decisions for an autoregressive policy); choices a decision lacks
+        are masked (`agents.policy`).
+      parents: int32[M, n], that agent's decisions of the parents.
+      key: drives the draws.
+      per_parent: J.
+
+    Returns:
+      int32[M * J, n]: row i for parent i // J, each value drawn with probability pi(v) /
+      (1 - pi(parent's value)) among the others: a policy that has settled on the parent's value
+      still ranks the alternatives. A decision with one choice has no other value; its entry is
+      meaningless (`policy_mutants` never changes such a decision).
+    """
+    own = jax.nn.one_hot(parents, logits.shape[-1], dtype=bool)
+    logits = jnp.repeat(jnp.where(own, -jnp.inf, logits), per_parent, axis=0)
+    return jax.random.categorical(key, logits).astype(jnp.int32)
+
+
 def concat(*batches: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
     return {a: jnp.concatenate([b[a] for b in batches]) for a in batches[0]}
 
