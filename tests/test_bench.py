@@ -109,6 +109,20 @@ def test_sample_efficiency_runs_end_to_end(tmp_path, capsys):
     assert (merged / "sample_efficiency.png").exists()
 
 
+def test_sample_efficiency_takes_a_tuning_objective_by_name(tmp_path, capsys):
+    import json
+
+    from ma2ml_jax.bench import sample_efficiency as se
+
+    se.main(["--suite=tune_a", "--algorithms=local", "--seeds=1", "--first_seed=100",
+             "--budget_scale=0.05", "--target=0.005", f"--out={tmp_path}", "--no_timing"])
+    record = json.loads((tmp_path / "sample_efficiency.json").read_text())
+    s = record["results"]["tune_a"]["local"]
+    assert s["budget"] == int(se.TUNING["tune_a"][1] * 0.05) and s["seeds"] == 1
+    assert s["threshold"] == 1.0 - 0.005
+    assert "| tune_a | local |" in capsys.readouterr().out
+
+
 def test_cooperative_objective_optimum_and_chain_pairs():
     import jax.numpy as jnp
 

@@ -105,6 +105,12 @@ ALGORITHMS = {
     # values the policies draw), and the same with frozen actors (uniform mutants).
     "ma2ml_mutants": ("ma2ml", {"ma2ml.mutants": 64}, True),
     "ma2ml_mutants_frozen": ("ma2ml", {"ma2ml.mutants": 64, "ma2ml.actor_lr": 1e-9}, True),
+    # Probes of the screen on composites: the critic ensemble's mean alone (no UCB bonus), and
+    # that with only the best pipeline's neighbours.
+    "ma2ml_greedy": ("ma2ml", {"ma2ml.beta": 0.0}, True),
+    "ma2ml_greedy_best": ("ma2ml", {"ma2ml.beta": 0.0, "ma2ml.parents": 1}, True),
+    "ma2ml_mutants_fast": ("ma2ml", {"ma2ml.mutants": 64, "ma2ml.lam": 0.1, "ma2ml.tau": 0.5},
+                           True),
     # The paper's proposals (P samples of the policies) with the default critic, one member.
     "ma2ml_policy": ("ma2ml", {"ma2ml.proposal": "policy", "ma2ml.ensemble": 1}, True),
     # The paper's Algorithm 1 as written (agents.ma2ml.PAPER, config section ma2ml_paper).
@@ -303,6 +309,13 @@ def real_objectives(names: Sequence[str], cache: str | None = None,
                    composite_budget if name in suite.COMPOSITES else budget) for name in names}
 
 
+def tuning_objective(name: str, budget_scale: float = 1.0) -> tuple[Any, int]:
+    """A cooperative tuning objective of `TUNING` (noiseless) and its budget."""
+    shape, budget = TUNING[name]
+    return (make_objective(shape, seed=TUNING_OBJECTIVE_SEEDS[0], name=name),
+            int(budget * budget_scale))
+
+
 def paper_size_objectives(which: str, cache: str | None = None, budget_scale: float = 1.0
                           ) -> dict[str, tuple[Any, int]]:
     """`PAPER_SIZE[which]`: its composites and its cooperative objective, noiseless."""
@@ -310,9 +323,7 @@ def paper_size_objectives(which: str, cache: str | None = None, budget_scale: fl
     out = real_objectives(composites, cache, composite_budget=int(COMPOSITE_BUDGET
                                                                   * budget_scale))
     if cooperative in TUNING:
-        shape, budget = TUNING[cooperative]
-        out[cooperative] = (make_objective(shape, seed=TUNING_OBJECTIVE_SEEDS[0],
-                                           name=cooperative), int(budget * budget_scale))
+        out[cooperative] = tuning_objective(cooperative, budget_scale)
     else:
         out.update(reported_objectives((cooperative,), budget_scale, noise="none"))
     return out
@@ -623,7 +634,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "tuning half of bench.suite's problems), reporting (its reporting "
                         "half), paper_size (the reporting composites and large), "
                         "paper_size_tuning (the tuning composites and tune_c), or a "
-                        "comma-separated list of suite problems and composites")
+                        "comma-separated list of suite problems, composites and cooperative "
+                        "tuning objectives (tune_a, tune_b, tune_c)")
     parser.add_argument("--cache", default=None, help="bench.suite's cache directory")
     parser.add_argument("--sizes", default="small,medium,large")
     parser.add_argument("--algorithms", default=",".join(DEFAULT_ALGORITHMS),
@@ -687,8 +699,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                        args.budget_scale)
                 else:
                     objectives = real_objectives(
-                        names, args.cache, int(REAL_BUDGET * args.budget_scale),
+                        [n for n in names if n not in TUNING], args.cache,
+                        int(REAL_BUDGET * args.budget_scale),
                         int(COMPOSITE_BUDGET * args.budget_scale))
+                    objectives.update({n: tuning_objective(n, args.budget_scale)
+                                       for n in names if n in TUNING})
             except suite.SuiteError as e:
                 parser.error(str(e))
         results = run_grid(objectives, algos, range(args.first_seed, args.first_seed + args.seeds),
