@@ -158,6 +158,25 @@ def test_screened_ask_with_policy_mutants_proposes_new_pipelines(agents_rule):
         state, _ = s.tell(state, actions, np.asarray(objective.true_reward(actions)))
 
 
+@pytest.mark.parametrize("share", [2, 4])
+def test_local_share_proposes_new_neighbours_of_the_best_pipeline(share):
+    objective = make_objective({"a": (3, 2, 4), "b": (2, 3, 3)}, seed=0)
+    s = _screened(objective, 4, local_share=share).searcher
+    for seed in range(3):  # without the share, the critic's picks stray on most of these
+        state = s.init(jax.random.key(seed))
+        actions, state = s.ask(state, jax.random.key(1))
+        rewards = np.asarray(objective.true_reward(actions))
+        state, _ = s.tell(state, actions, rewards)
+        best = np.concatenate([np.asarray(actions[a])[int(np.argmax(rewards))]
+                               for a in objective.space.agents])
+        told = {pipeline_key(actions, p) for p in range(4)}
+        got, _ = s.ask(state, jax.random.key(2))
+        rows = np.concatenate([np.asarray(got[a]) for a in objective.space.agents], 1)
+        # The first `share` picks (the lowest tier) are one decision from the best, never told.
+        assert ((rows[:share] != best).sum(1) == 1).all(), seed
+        assert not {pipeline_key(got, p) for p in range(4)} & told, seed
+
+
 @pytest.mark.parametrize("uniform", [8, 0])
 def test_screened_ask_never_proposes_an_evaluated_pipeline(uniform):
     # Without uniform candidates, the uniform fill-in keeps the batch new once the policies'

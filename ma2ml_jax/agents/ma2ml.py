@@ -185,6 +185,9 @@ class MA2MLConfig(NamedTuple):
     # with the agents whose choices the critic rates worst against their policy's alternatives,
     # eq. (12), the likeliest)
     mutant_agents: str = "any"
+    # screened: proposals per batch taken from the best pipeline's new one-decision neighbours in
+    # a random order (local search's move), before the acquisition picks the rest
+    local_share: int = 0
 
     def check(self, section: str = "ma2ml") -> None:
         """Raises ValueError naming the bad key as `section.key` (the config section read)."""
@@ -196,7 +199,7 @@ class MA2MLConfig(NamedTuple):
                                    ("mutant_agents", self.mutant_agents, MUTANT_AGENTS)):
             if value not in valid:
                 raise ValueError(f"{section}.{name}={value!r} is not one of {list(valid)}")
-        for name in ("uniform_candidates", "parents", "mutants"):
+        for name in ("uniform_candidates", "parents", "mutants", "local_share"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{section}.{name}={getattr(self, name)} must be >= 0")
         if self.beta < 0:
@@ -395,7 +398,19 @@ def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig | 
         candidates = concat_actions(*parts)
         new = novel(pipeline_hash(candidates), pipeline_hash(stored), valid)
         filler = jnp.arange(new.shape[0]) >= new.shape[0] - FILL * num_pipelines
-        index = select(ensemble_q(state.critic, candidates), tiers(new & ~filler, new),
+        local = jnp.zeros(new.shape, bool)
+        if config.local_share and config.parents:
+            # `local_share` of the batch: new one-decision neighbours of the best pipeline in a
+            # random order, as local search tries them, whatever the critic rates them.
+            start = config.candidates + config.uniform_candidates
+            position = jnp.arange(new.shape[0])
+            own = (position >= start) & (position < start + flat.num_neighbours) & new
+            priority = jnp.where(own, jax.random.uniform(jax.random.fold_in(key, 5),
+                                                         new.shape), -1.0)
+            top, at = jax.lax.top_k(priority, min(config.local_share, num_pipelines))
+            local = local.at[at].set(top >= 0)
+        index = select(ensemble_q(state.critic, candidates),
+                       tiers(local, new & ~filler, new),
                        num_pipelines, config.acquisition, config.beta, k_sel)
         return take_actions(candidates, index)
 

@@ -109,6 +109,10 @@ ALGORITHMS = {
     # that with only the best pipeline's neighbours.
     "ma2ml_greedy": ("ma2ml", {"ma2ml.beta": 0.0}, True),
     "ma2ml_greedy_best": ("ma2ml", {"ma2ml.beta": 0.0, "ma2ml.parents": 1}, True),
+    # A share of each batch on the best pipeline's neighbours in random order (local search's
+    # move), the rest by the acquisition.
+    "ma2ml_local2": ("ma2ml", {"ma2ml.local_share": 2}, True),
+    "ma2ml_local4": ("ma2ml", {"ma2ml.local_share": 4}, True),
     "ma2ml_mutants_fast": ("ma2ml", {"ma2ml.mutants": 64, "ma2ml.lam": 0.1, "ma2ml.tau": 0.5},
                            True),
     # The paper's proposals (P samples of the policies) with the default critic, one member.
