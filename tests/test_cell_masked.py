@@ -341,6 +341,22 @@ def test_make_network_for_gives_one_masked_network_for_every_cell_architecture()
     assert isinstance(exact, CellNet) and none is None
 
 
+def test_make_network_for_takes_the_block_count_from_the_space():
+    import ml_collections
+
+    from ma2ml_jax import models
+
+    space = cell_space(num_blocks=2)
+    model = ml_collections.ConfigDict({"cells": 2, "reduction_cells": (2,), "cell_channels": 4})
+    net, arrays = models.make_network_for("cell", space, space.decode(
+        np.asarray(space.sample(jax.random.key(5), 1))[0]), 10, model, masked=True)
+    assert net.num_blocks == 2 and arrays.inputs.shape == (2, 2, 2)
+    x = jnp.zeros((1, 8, 8, 3))
+    variables = jax.eval_shape(lambda: net.init({"params": jax.random.key(0), "dropout":
+                                                 jax.random.key(1)}, x, False, 0.0, 0.0, arrays))
+    assert "params" in variables
+
+
 def test_cell_runs_group_the_cells_of_a_stage():
     # The paper's CIFAR layout: one body for cells 1 and 2 each (they read the stem), then per
     # stage a reduction cell, the normal cell after it (h_{k-2} at twice the size) and one scan.

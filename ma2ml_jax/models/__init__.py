@@ -58,9 +58,11 @@ def make_network_for(kind: str, space, arch: Mapping[str, Any], num_classes: int
         # slot becomes 2 x 49 slices (7x7 superkernels) in a program already slow to compile;
         # the masked cell network serves accelerators (on CPU "auto" trains exact networks,
         # `evaluate.resolve_network`).
+        arrays = cell_masked.cell_arrays(arch)
         net = cell_masked.MaskedCellNet(
             num_classes, cells=model_config.cells,
             reduction_cells=tuple(model_config.reduction_cells),
-            channels=model_config.cell_channels, depthwise_impl="conv")
-        return net, cell_masked.cell_arrays(arch)
+            channels=model_config.cell_channels, num_blocks=int(arrays.inputs.shape[1]),
+            depthwise_impl="conv")
+        return net, arrays
     return make_network(kind, arch, num_classes, model_config), None
