@@ -29,6 +29,7 @@ LOCAL = [
     ("configs/imagenet200.py:local", 10),
     ("configs/imagenet200.py:flops900:local", 10),
     ("configs/iranfar_vgg_cifar10.py:local", 10),
+    ("configs/full_space_digits.py:local", 0),
 ]
 
 
