@@ -4,6 +4,7 @@ objectives, or the real problems of `bench.suite` (`--suite=real`).
     python -m ma2ml_jax.bench.sample_efficiency --suite=real --seeds=10 --jobs=2 --no_timing \
         --algorithms=random,tpe,evolution,local,ma2ml,ma2ml_paper   # the real suite's table
     python -m ma2ml_jax.bench.sample_efficiency --suite=real --sweep --jobs=2   # MA2ML's defaults
+    python -m ma2ml_jax.bench.sample_efficiency --suite=real --sweep --sweep_algorithm=ma2ml_paper
     python -m ma2ml_jax.bench.sample_efficiency --suite=reporting --seeds=10 --no_timing \
         --algorithms=random,tpe,evolution,local,ma2ml,ma2ml_frozen   # the reporting half
     python -m ma2ml_jax.bench.sample_efficiency --suite=paper_size --seeds=5 --no_timing \
@@ -66,6 +67,7 @@ import numpy as np
 
 from ma2ml_jax import agents, cli
 from ma2ml_jax import config as config_lib
+from ma2ml_jax.agents.ma2ml import PAPER, MA2MLConfig
 from ma2ml_jax.bench import suite
 from ma2ml_jax.bench.objectives import make_objective
 from ma2ml_jax.spaces import make_pipeline_space
@@ -502,9 +504,30 @@ def _capped(summary: dict[str, Any]) -> float:
     return float(np.median([min(e, 2 * summary["budget"]) for e in summary["evals"]]))
 
 
-def real_sweep(pipelines: int, target: float, jobs: int = 1, cache: str | None = None
-               ) -> dict[str, Any]:
-    """The staged search of MA2ML's defaults on the real suite (see the rule above)."""
+# The paper's Algorithm 1 (search.algorithm=ma2ml_paper) tuned by the same rule on the same
+# problems and seeds, with no more candidates than the default's stages (22): only values the
+# paper leaves open (its step sizes, lambda, the target policies' rate, the mini-batch, K and
+# what the critic regresses on); the proposals, the single critic and the update schedule
+# (one critic, actor and Polyak step per iteration on one mini-batch) stay Algorithm 1's.
+PAPER_STAGES = (
+    ("learner", [{"ma2ml_paper.lam": lam, "ma2ml_paper.actor_lr": lr} for lam in (0.3, 3.0)
+                 for lr in (0.02, 0.1, 0.3)], ()),
+    ("critic lr", [{"ma2ml_paper.critic_lr": lr} for lr in (3e-3, 1e-2, 3e-2)], ()),
+    ("critic target", [{"ma2ml_paper.critic_target": t} for t in ("standardized", "raw")], ()),
+    ("target policies", [{"ma2ml_paper.tau": t} for t in (0.01, 0.1, 0.5)], ("tune_c",)),
+    ("mini-batch", [{"ma2ml_paper.critic_batch": b} for b in (16, 64, 256)], ("tune_c",)),
+    ("baseline samples", [{"ma2ml_paper.num_alternatives": k} for k in (1, 8)], ("tune_c",)),
+)
+SWEEPS = {"ma2ml": (SCREENED, REAL_STAGES), "ma2ml_paper": ({}, PAPER_STAGES)}
+
+
+def real_sweep(pipelines: int, target: float, jobs: int = 1, cache: str | None = None,
+               algorithm: str = "ma2ml") -> dict[str, Any]:
+    """The staged search of `algorithm`'s defaults on the real suite (see the rule above):
+    `ma2ml` (the screened default, REAL_STAGES) or `ma2ml_paper` (PAPER_STAGES).
+    """
+    start, stages = SWEEPS[algorithm]
+    defaults = PAPER if algorithm == "ma2ml_paper" else MA2MLConfig()
     objectives = real_objectives(REAL_PROBLEMS, cache)
     for tname in REAL_TUNING_COOPERATIVE:
         shape, budget = TUNING[tname]
@@ -515,23 +538,24 @@ def real_sweep(pipelines: int, target: float, jobs: int = 1, cache: str | None =
     best = {o: min(_capped(baselines[o][b]) for b in REAL_BASELINES) for o in objectives}
     print("  best baseline (median evaluations, tuning seeds): " +
           ", ".join(f"{o} {v:.0f}" for o, v in best.items()), flush=True)
-    current: dict[str, Any] = dict(SCREENED)
+    current: dict[str, Any] = dict(start)
     record: dict[str, Any] = {"rule": "geometric mean of median evals / best baseline's",
                               "best_baseline": best, "baselines": _strip(baselines),
                               "stages": []}
     seen: dict[str, dict[str, Any]] = {}  # {candidate name: {objective: summary}}
-    for stage, options, left_out in REAL_STAGES:
+    for stage, options, left_out in stages:
         names = [o for o in objectives if o not in left_out]
         candidates = {}
         for o in options:
-            config = {**current, **o}
-            candidates[" ".join(f"{k.split('.')[1]}={v}" for k, v in sorted(config.items()))] = (
-                config)
+            config = {k: v for k, v in {**current, **o}.items()
+                      if v != getattr(defaults, k.split(".")[1])}  # one name per configuration
+            candidates[" ".join(f"{k.split('.')[1]}={v}" for k, v in sorted(config.items()))
+                       or "defaults"] = config
         missing: dict[tuple[str, ...], dict[str, tuple]] = {}
         for n, c in candidates.items():
             todo = tuple(o for o in names if o not in seen.get(n, {}))
             if todo:
-                missing.setdefault(todo, {})[n] = ("ma2ml", c, True)
+                missing.setdefault(todo, {})[n] = (algorithm, c, True)
         for todo, algorithms in missing.items():
             got = _by_algorithm(run_grid({o: objectives[o] for o in todo}, algorithms,
                                          REAL_TUNING_SEEDS, pipelines, target, progress=False,
@@ -657,6 +681,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="scales every objective's evaluation budget")
     parser.add_argument("--out", default="sample_efficiency", help="directory for JSON and PNG")
     parser.add_argument("--sweep", action="store_true", help="run the defaults sweep instead")
+    parser.add_argument("--sweep_algorithm", choices=tuple(SWEEPS), default="ma2ml",
+                        help="with --suite=real --sweep: whose defaults the sweep chooses")
     parser.add_argument("--sweep_only", default="",
                         help="run only the sweep candidates whose name contains this")
     parser.add_argument("--jobs", type=int, default=1,
@@ -682,7 +708,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"plot: {png}")
         args.no_timing = True
     elif args.sweep and args.suite == "real":
-        record["sweep"] = real_sweep(args.pipelines, args.target, args.jobs, args.cache)
+        record["sweep"] = real_sweep(args.pipelines, args.target, args.jobs, args.cache,
+                                     args.sweep_algorithm)
     elif args.sweep:
         record["sweep"] = sweep(args.pipelines, args.target, args.sweep_only)
     elif not args.timing:
