@@ -115,6 +115,10 @@ ALGORITHMS = {
     # move), the rest by the acquisition.
     "ma2ml_local2": ("ma2ml", {"ma2ml.local_share": 2}, True),
     "ma2ml_local4": ("ma2ml", {"ma2ml.local_share": 4}, True),
+    # Local moves beside the policies' mutants, and the same with frozen actors.
+    "ma2ml_local2_mutants": ("ma2ml", {"ma2ml.local_share": 2, "ma2ml.mutants": 64}, True),
+    "ma2ml_local2_mutants_frozen": ("ma2ml", {"ma2ml.local_share": 2, "ma2ml.mutants": 64,
+                                              "ma2ml.actor_lr": 1e-9}, True),
     "ma2ml_mutants_fast": ("ma2ml", {"ma2ml.mutants": 64, "ma2ml.lam": 0.1, "ma2ml.tau": 0.5},
                            True),
     # The paper's proposals (P samples of the policies) with the default critic, one member.
@@ -517,6 +521,12 @@ PAPER_STAGES = (
     ("target policies", [{"ma2ml_paper.tau": t} for t in (0.01, 0.1, 0.5)], ("tune_c",)),
     ("mini-batch", [{"ma2ml_paper.critic_batch": b} for b in (16, 64, 256)], ("tune_c",)),
     ("baseline samples", [{"ma2ml_paper.num_alternatives": k} for k in (1, 8)], ("tune_c",)),
+    # The first stages chose values at their grids' edges (the smallest lambda, the largest
+    # step sizes): the grid goes on past them.
+    ("learner, past the edge", [{"ma2ml_paper.lam": lam, "ma2ml_paper.actor_lr": lr}
+                                for lam in (0.03, 0.1, 0.3) for lr in (0.3, 1.0)], ("tune_c",)),
+    ("critic lr, past the edge", [{"ma2ml_paper.critic_lr": lr} for lr in (0.03, 0.1)],
+     ("tune_c",)),
 )
 SWEEPS = {"ma2ml": (SCREENED, REAL_STAGES), "ma2ml_paper": ({}, PAPER_STAGES)}
 
