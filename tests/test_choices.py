@@ -261,3 +261,14 @@ def test_the_readme_example_runs(tmp_path, monkeypatch, capsys):
     with open(tmp_path / "runs" / "objective" / search.CONFIG) as f:
         assert json.load(f)["spaces"]["model"] == {"kind": "choices",
                                                    "decisions": space["model"]}
+
+
+def test_numeric_levels_in_monotonic_order_are_ordered_decisions():
+    space = spaces.choices_space({"depth": [2, 4, 8], "lr": [0.1, 0.01, 0.001],
+                                  "mixed": [4, 2, 8], "act": ["relu", "gelu"],
+                                  "flag": [False, True], "one": [7]})
+    assert space.ordered.tolist() == [True, True, False, False, False, False]
+    # A space rebuilt from its values (config.json, a suite table) has the same flags.
+    again = make_pipeline_space(ml_collections.ConfigDict(spaces.choices_spaces_config(
+        spaces.PipelineSpace({"m": space}))))
+    assert again["m"].ordered.tolist() == space.ordered.tolist()

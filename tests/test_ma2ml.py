@@ -216,7 +216,8 @@ def test_nan_reward_is_told_as_the_worst():
 @pytest.mark.parametrize("options, message", [(dict(policy="lstm"), "autoregressive"),
                                               (dict(actor_actions="buffer"), "fresh"),
                                               (dict(tau=0.0), "tau"),
-                                              (dict(num_alternatives=0), "num_alternatives")])
+                                              (dict(num_alternatives=0), "num_alternatives"),
+                                              (dict(critic_order="onehot"), "thermometer")])
 def test_bad_options_name_the_key(options, message):
     with pytest.raises(ValueError, match=message):
         make_ma2ml(TABLE.space, 4, MA2MLConfig(**options))

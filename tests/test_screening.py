@@ -14,6 +14,7 @@ from ma2ml_jax.agents import pipeline_key, screening
 from ma2ml_jax.agents.ma2ml import MA2MLConfig, build_ma2ml
 from ma2ml_jax.agents.neighbourhood import FlatSpace
 from ma2ml_jax.bench.objectives import make_objective, synthetic_space
+from ma2ml_jax.spaces import choices_pipeline_space
 
 SPACE = synthetic_space({"a": (4, 3), "b": (2, 5, 3)})  # 360 pipelines
 
@@ -254,3 +255,42 @@ def test_quantile_critic_target_orders_the_top_where_failures_dwarf_it():
         correlation[target] = scipy.stats.spearmanr(q[good], held_r[good])[0]
     assert top.sum() > 50
     assert correlation["quantile"] > correlation["standardized"] + 0.1, correlation
+
+
+# Numeric levels (ordered) beside an unordered decision: 8 x 5 x 3 x 6 = 720 pipelines.
+LEVELS = choices_pipeline_space({
+    "hpo": {"lr": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3], "depth": [2, 4, 8, 16, 32]},
+    "nas": {"act": ["relu", "gelu", "silu"], "width": [8, 16, 24, 32, 48, 64]}})
+
+
+def _levels_reward(actions):
+    """A narrow optimum on the ordered levels (lr 5, depth 1, width 4), act 2 best."""
+    x = np.concatenate([np.asarray(actions[a]) for a in LEVELS.agents], -1).astype(np.float32)
+    return (-np.abs(x[:, 0] - 5) - np.abs(x[:, 1] - 1) - np.abs(x[:, 3] - 4)
+            + 0.5 * (x[:, 2] == 2)).astype(np.float32)
+
+
+def test_ordered_critic_and_steps_ask_and_tell_one_level_neighbours():
+    config = MA2MLConfig(proposal="screened", ensemble=2, candidates=32, critic_batch=16,
+                         actor_batch=8, num_alternatives=2, updates=2, critic_steps=4,
+                         local_share=4, critic_order="thermometer", ordered_steps=True)
+    parts = build_ma2ml(LEVELS, 4, config)
+    s = parts.searcher
+    steps = FlatSpace(LEVELS, ordered_steps=True)
+    for seed in range(3):
+        state = s.init(jax.random.key(seed))
+        seen, best = set(), None
+        for it in range(3):
+            actions, state = s.ask(state, jax.random.key(10 * seed + it))
+            keys = [pipeline_key(actions, p) for p in range(4)]
+            assert len(set(keys)) == 4 and not set(keys) & seen, (seed, it)
+            seen |= set(keys)
+            rows = np.asarray(steps.flatten(actions))
+            if best is not None:  # the local share: one-level steps from the best told so far
+                k = [int(steps.neighbour_index(best, r)) for r in rows[:4]]
+                assert max(k) < steps.num_neighbours, (seed, it, rows, best)
+            rewards = _levels_reward(actions)
+            state, metrics = s.tell(state, actions, rewards)
+            assert np.isfinite(float(metrics["critic_loss"]))
+            stored = np.asarray(steps.flatten(state.replay.data["tokens"]))[:4 * (it + 1)]
+            best = stored[np.argmax(np.asarray(state.replay.data["reward"])[:4 * (it + 1)])]

@@ -408,3 +408,57 @@ def test_to_hparams_rejects_other_spaces():
 
 def test_cell_module_constants_are_reexported():
     assert S.CELL_OPS is cell_lib.CELL_OPS
+
+
+# Which decisions of each named space are ordered levels, by the last part of their names.
+ORDERED_NAMES = {
+    "augment": ({"prob", "magnitude"}, {"op"}),
+    "macro": ({"resolution", "width", "kernel", "expansion", "depth"}, {"stride", "se"}),
+    "recipe": ({"learning_rate", "weight_decay", "mixup", "dropout", "stochastic_depth",
+                "warmup_epochs", "label_smoothing", "learning_rate_schedule",
+                "weight_decay_schedule"}, {"optimizer", "ema"}),
+    "cell": (set(), {"0", "1", "combine"}),
+}
+
+
+def _kind_of(space):
+    return space.name if space.name in ORDERED_NAMES else "cell"
+
+
+def _field(decision):
+    """A decision's kind within its space: the last name part, or the one before a position."""
+    parts = decision.name.split("/")
+    return parts[-2] if parts[-1].isdigit() and parts[-2] in (
+        "learning_rate_schedule", "weight_decay_schedule") else parts[-1]
+
+
+def test_named_spaces_mark_their_numeric_levels_ordered(space):
+    ordered, unordered = ORDERED_NAMES[_kind_of(space)]
+    np.testing.assert_array_equal(space.ordered, [d.ordered for d in space.decisions])
+    for d in space.decisions:
+        field = _field(d)
+        assert field in ordered | unordered, d.name
+        assert d.ordered == (field in ordered), d.name
+        if d.ordered and d.size > 1:  # what `ordered` promises: monotonic numeric levels
+            assert S.numeric_levels(d.choices), d.name
+
+
+def test_layerwise_pool_and_dense_are_ordered_and_convolutions_are_not():
+    pipeline = S.layerwise_pipeline_space("vgg_small")
+    kinds = {a: pipeline[a].layer_spec.type for a in pipeline.agents}
+    flags = {a: bool(pipeline[a].ordered[0]) for a in pipeline.agents}
+    assert flags == {a: kinds[a] in ("pool", "dense") for a in pipeline.agents}
+    assert set(kinds.values()) == {"conv", "pool", "dense"}
+
+
+@pytest.mark.parametrize("choices, expected", [
+    ((2, 4, 8), True), ((0.3, 0.1, 0.03), True), ((0, 1.5), True), ((4, 2, 8), False),
+    ((1, 1.0), False), (("relu", "gelu"), False), ((False, True), False), ((3,), False),
+    ((0, None), False)])
+def test_numeric_levels_are_strictly_monotonic_numbers(choices, expected):
+    assert S.numeric_levels(choices) is expected
+
+
+def test_ordered_must_be_a_bool():
+    with pytest.raises(ValueError, match="ordered must be a bool"):
+        S.Decision("x", (1, 2), ordered=1)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ma2ml_jax.bench import suite
+from ma2ml_jax.spaces import choices_pipeline_space
 
 
 def test_git_blob_id_matches_git(tmp_path):
@@ -235,3 +236,13 @@ def test_iaml_glmnet_accuracy_is_one_minus_the_surrogates_error(monkeypatch):
     alpha = np.repeat(np.linspace(0, 1, 11), 15)
     s = np.tile(10.0 ** (np.arange(-8, 7) / 2), 11)
     np.testing.assert_allclose(values, 1 - (alpha / 10 + s / 1e4), rtol=1e-5)
+
+
+def test_a_saved_table_keeps_its_ordered_levels(tmp_path):
+    space = choices_pipeline_space({"tree": {"cp": [0.001, 0.01, 0.1], "kind": ["a", "b"]},
+                                    "leaves": {"minbucket": [1, 3, 7]}})
+    path = suite.table_path(str(tmp_path), "rpart_14")
+    suite.save_table(path, space, np.arange(18, dtype=np.float32))
+    loaded = suite.load("rpart_14", str(tmp_path)).space
+    assert {a: loaded[a].ordered.tolist() for a in loaded.agents} == {
+        "tree": [True, False], "leaves": [True]}

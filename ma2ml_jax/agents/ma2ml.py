@@ -39,6 +39,11 @@ Which pipelines `ask` proposes, `proposal` selects:
               policies reach the proposals in spaces too large for one-decision moves. With
               `mutant_agents="credit"` each move changes one agent's decisions, the agent drawn by
               its counterfactual advantage (12) at the parent (worst-rated choices likeliest).
+              With `ordered_steps` the neighbours of an ordered decision (numeric levels,
+              `spaces.Decision.ordered`) are one level up and down only, not all its values.
+Ordered decisions in the critic, `critic_order`: "none" embeds every value of a decision with a
+free vector; "thermometer" embeds level i of an ordered decision as the sum of its level vectors
+0 .. i (`agents.critic`), so the critic's estimate of a level carries to its neighbours.
 What the actors maximise follows the critic's target: with `critic_target="quantile"` (the
 default) Q predicts the normal score Phi^-1 of a pipeline's reward rank among every reward in the
 replay, so (13) raises E_pi[Phi^-1(rank of R)], not E_pi[R]: a monotone transform that weighs an
@@ -98,6 +103,7 @@ import numpy as np
 import optax
 
 from ma2ml_jax.agents.base import Searcher
+from ma2ml_jax.agents.critic import ORDERS as CRITIC_ORDERS
 from ma2ml_jax.agents.critic import critic_loss, make_critic
 from ma2ml_jax.agents.neighbourhood import FlatSpace
 from ma2ml_jax.agents.normalize import (
@@ -188,6 +194,12 @@ class MA2MLConfig(NamedTuple):
     # screened: proposals per batch taken from the best pipeline's new one-decision neighbours in
     # a random order (local search's move), before the acquisition picks the rest
     local_share: int = 0
+    # How the critic embeds an ordered decision's levels: none (a free vector per value) |
+    # thermometer (level i: the sum of level vectors 0 .. i; agents.critic)
+    critic_order: str = "none"
+    # screened: an ordered decision's neighbours are the adjacent levels only (x_d -+ 1, clipped;
+    # agents.neighbourhood), an unordered decision's all its other values
+    ordered_steps: bool = False
 
     def check(self, section: str = "ma2ml") -> None:
         """Raises ValueError naming the bad key as `section.key` (the config section read)."""
@@ -196,7 +208,8 @@ class MA2MLConfig(NamedTuple):
                                    ("proposal", self.proposal, PROPOSALS),
                                    ("critic_target", self.critic_target, CRITIC_TARGETS),
                                    ("acquisition", self.acquisition, ACQUISITIONS),
-                                   ("mutant_agents", self.mutant_agents, MUTANT_AGENTS)):
+                                   ("mutant_agents", self.mutant_agents, MUTANT_AGENTS),
+                                   ("critic_order", self.critic_order, CRITIC_ORDERS)):
             if value not in valid:
                 raise ValueError(f"{section}.{name}={value!r} is not one of {list(valid)}")
         for name in ("uniform_candidates", "parents", "mutants", "local_share"):
@@ -309,7 +322,7 @@ def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig | 
         raise ValueError(f"num_pipelines must be >= 1, got {num_pipelines}")
     agents = space.agents
     policies = {a: make_policy(space[a], config.policy, config.hidden) for a in agents}
-    critic = make_critic(space, config.critic_hidden)
+    critic = make_critic(space, config.critic_hidden, config.critic_order)
     replay = make_replay(config.replay_capacity)
     actor_tx = optax.adam(config.actor_lr)
     critic_tx = optax.adam(config.critic_lr)
@@ -319,7 +332,7 @@ def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig | 
     from_critic_batch = config.actor_actions == "critic_batch"
     actor_batch = config.critic_batch if from_critic_batch else config.actor_batch
     pipeline_hash = make_hash(space)
-    flat = FlatSpace(space)
+    flat = FlatSpace(space, config.ordered_steps)
 
     def init(key):
         k_pol, k_critic, k_state = jax.random.split(key, 3)
@@ -381,7 +394,7 @@ def build_ma2ml(space: PipelineSpace, num_pipelines: int, config: MA2MLConfig | 
             best = jax.lax.top_k(jnp.where(valid, state.replay.data["reward"], -jnp.inf),
                                  min(config.parents, replay.capacity))[1]
             parents = take_actions(stored, best)
-            parts.append(neighbours(space, parents))
+            parts.append(neighbours(space, parents, config.ordered_steps))
             if config.mutants:
                 k_mut, k_sub, k_agent = jax.random.split(jax.random.fold_in(key, 4), 3)
                 num = best.shape[0] * config.mutants

@@ -5,7 +5,8 @@ few gradient steps. MA2ML already owns a model of the reward, the centralized cr
 equation (11): used as a screen, it decides which of many cheap candidates are worth evaluating.
 
     candidates = policy samples  +  uniform samples  +  every one-decision neighbour of the best
-                 pipelines evaluated so far (local moves)
+                 pipelines evaluated so far (local moves; optionally one level up or down
+                 for ordered decisions)
     score      = an acquisition over an ensemble of critics (independently initialized members,
                  each trained on its own bootstrap mini-batches): the mean plus `beta` standard
                  deviations (upper confidence bound), or one member per proposal (Thompson)
@@ -78,11 +79,14 @@ def novel(cand: tuple[jax.Array, jax.Array], seen: tuple[jax.Array, jax.Array],
     return keep[r:]
 
 
-def neighbours(space: PipelineSpace, parents: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+def neighbours(space: PipelineSpace, parents: Mapping[str, jax.Array],
+               ordered_steps: bool = False) -> dict[str, jax.Array]:
     """Every one-decision neighbour of each parent: {agent: int32[M * K, n_agent]}, K =
-    sum over decisions of (size - 1) (`agents.neighbourhood` numbers them).
+    sum over decisions of (size - 1) (`agents.neighbourhood` numbers them); with
+    `ordered_steps`, an ordered decision's neighbours are one level down and up only (a step
+    past an end level repeats the parent, which `novel` then drops).
     """
-    flat = FlatSpace(space)
+    flat = FlatSpace(space, ordered_steps)
     x = flat.flatten(parents)  # [M, D]
     every = jax.vmap(lambda p: jax.vmap(lambda k: flat.neighbour(p, k))(
         jnp.arange(flat.num_neighbours)))(x)  # [M, K, D]

@@ -121,6 +121,12 @@ ALGORITHMS = {
                                               "ma2ml.actor_lr": 1e-9}, True),
     "ma2ml_mutants_fast": ("ma2ml", {"ma2ml.mutants": 64, "ma2ml.lam": 0.1, "ma2ml.tau": 0.5},
                            True),
+    # Ordered decisions (numeric levels): the critic's thermometer code of the levels, the
+    # screen's one-level neighbours, and both.
+    "ma2ml_order_critic": ("ma2ml", {"ma2ml.critic_order": "thermometer"}, True),
+    "ma2ml_order_steps": ("ma2ml", {"ma2ml.ordered_steps": True}, True),
+    "ma2ml_ordered": ("ma2ml", {"ma2ml.critic_order": "thermometer",
+                                "ma2ml.ordered_steps": True}, True),
     # The paper's proposals (P samples of the policies) with the default critic, one member.
     "ma2ml_policy": ("ma2ml", {"ma2ml.proposal": "policy", "ma2ml.ensemble": 1}, True),
     # The paper's Algorithm 1 as written (agents.ma2ml.PAPER, config section ma2ml_paper).

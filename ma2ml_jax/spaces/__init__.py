@@ -25,7 +25,7 @@ from typing import Any
 
 from ma2ml_jax.errors import ConfigError
 from ma2ml_jax.spaces.augment import augment_space, to_policy
-from ma2ml_jax.spaces.base import Decision, PipelineSpace, Space
+from ma2ml_jax.spaces.base import Decision, PipelineSpace, Space, numeric_levels
 from ma2ml_jax.spaces.cell import CELL_OPS, CIFAR_CELL_LAYOUT, CellLayout, cell_space
 from ma2ml_jax.spaces.choices import choices_pipeline_space, choices_space, choices_spaces_config
 from ma2ml_jax.spaces.layerwise import (
@@ -43,8 +43,8 @@ __all__ = [
     "PipelineSpace", "SPACE_FACTORIES", "Space", "augment_space", "cell_space",
     "choices_pipeline_space", "choices_space", "choices_spaces_config",
     "layerwise_decisions", "layerwise_pipeline_space", "layerwise_space",
-    "layerwise_spaces_config", "macro_space", "make_pipeline_space", "make_space", "recipe_space",
-    "to_hparams", "to_policy",
+    "layerwise_spaces_config", "macro_space", "make_pipeline_space", "make_space",
+    "numeric_levels", "recipe_space", "to_hparams", "to_policy",
 ]
 
 SPACE_FACTORIES: dict[str, Callable[..., Space]] = {

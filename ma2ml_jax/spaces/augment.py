@@ -8,6 +8,8 @@ decisions, in this order:
 * ``subpolicies/{i}/{j}/prob``: probability 0.0, 0.1, ..., 1.0 (11 levels);
 * ``subpolicies/{i}/{j}/magnitude``: level 0..9 (10 levels).
 
+Probabilities and magnitudes are `ordered` decisions (levels of one quantity); operations are not.
+
 Size: (15 x 11 x 10)^(2 N) candidates, log10 = 2 N log10(1650) = 6.435 N. The paper's ImageNet
 count 10^160 is N = 25 (160.9); its CIFAR count 10^32 is N = 5 (32.2), the size of one policy
 sampled by AutoAugment's controller (AutoAugment concatenates the 5 best 5-sub-policy policies into
@@ -34,6 +36,7 @@ from ma2ml_jax.spaces.base import Decision, Space
 
 OPS_PER_SUBPOLICY = 2
 FIELDS = ("op", "prob", "magnitude")  # the decisions of one operation, in token order
+ORDERED_FIELDS = ("prob", "magnitude")  # levels of one quantity (`Decision.ordered`)
 PROB_LEVELS = tuple(round(i / (NUM_PROB_LEVELS - 1), 1) for i in range(NUM_PROB_LEVELS))
 MAGNITUDE_LEVELS = tuple(range(NUM_MAGNITUDE_LEVELS))
 
@@ -55,7 +58,8 @@ def augment_space(num_subpolicies: int = 25, sample_pairing: bool = False) -> Sp
         raise ValueError(f"num_subpolicies must be a positive int, got {num_subpolicies!r}")
     ops = tuple(OP_NAMES if sample_pairing else OP_NAMES[:NUM_PAPER_OPS])
     choices = {"op": ops, "prob": PROB_LEVELS, "magnitude": MAGNITUDE_LEVELS}
-    decisions = [Decision(f"subpolicies/{i}/{j}/{field}", choices[field])
+    decisions = [Decision(f"subpolicies/{i}/{j}/{field}", choices[field],
+                          ordered=field in ORDERED_FIELDS)
                  for i in range(num_subpolicies)
                  for j in range(OPS_PER_SUBPOLICY)
                  for field in FIELDS]

@@ -11,6 +11,10 @@ Decisions are named by paths such as ``"subpolicies/3/1/op"``. `decode` builds t
 config from those paths (path parts that are integers become list positions), so a subclass only
 declares its decisions; it overrides `decode`/`encode` only when the readable form is not a plain
 tree of the chosen values.
+
+A decision is `ordered` when its choices are levels of one quantity in increasing or decreasing
+order (learning rates, widths, magnitudes): token i + 1 is the level next to token i. Searchers
+may use it (MA2ML's `critic_order` and `ordered_steps`); the tokens mean the same either way.
 """
 
 from __future__ import annotations
@@ -27,16 +31,27 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-    """One categorical decision: a path-like name and its ordered choices (JSON values)."""
+    """One categorical decision: a path-like name and its choices (JSON values), in token order.
+
+    Attributes:
+      name: the decision's path in the decoded config.
+      choices: the values; token i picks choices[i].
+      ordered: the choices are levels of one quantity in monotonic order, so choices i and
+        i + 1 are neighbours (`numeric_levels` is the rule for plain numbers).
+    """
 
     name: str
     choices: tuple
+    ordered: bool = False
 
     def __post_init__(self):
         if len(self.choices) < 1:
             raise ValueError(f"decision {self.name!r} has no choices")
         if len(set(map(repr, self.choices))) != len(self.choices):
             raise ValueError(f"decision {self.name!r} has repeated choices: {self.choices}")
+        if not isinstance(self.ordered, bool):
+            raise ValueError(f"decision {self.name!r}: ordered must be a bool, got "
+                             f"{self.ordered!r}")
 
     @property
     def size(self) -> int:
@@ -48,6 +63,15 @@ class Decision:
             if c == value and type(c) is type(value) or _close(c, value):
                 return i
         raise ValueError(f"{self.name}: {value!r} is not one of {list(self.choices)}")
+
+
+def numeric_levels(choices) -> bool:
+    """Whether `choices` are numbers (int or float, not bool) in strictly monotonic order."""
+    if len(choices) < 2 or not all(isinstance(c, (int, float)) and not isinstance(c, bool)
+                                   for c in choices):
+        return False
+    steps = np.diff(np.asarray(choices, np.float64))
+    return bool(np.all(steps > 0) or np.all(steps < 0))
 
 
 def _close(a, b) -> bool:
@@ -85,6 +109,11 @@ class Space:
     def sizes(self) -> np.ndarray:
         """int32[n_decisions]: the number of choices of each decision."""
         return np.array([d.size for d in self.decisions], dtype=np.int32)
+
+    @property
+    def ordered(self) -> np.ndarray:
+        """bool[n_decisions]: which decisions are ordered levels (`Decision.ordered`)."""
+        return np.array([d.ordered for d in self.decisions], dtype=bool)
 
     @property
     def max_size(self) -> int:

@@ -8,6 +8,10 @@ model of their own). Each decision is a name and its values, in the user's order
     space.decode([1, 0]) -> {"depth": 4, "act": "relu"}
 
 Decoding is the base class's: a ``/`` in a name nests (``"opt/lr"`` -> ``{"opt": {"lr": v}}``).
+A decision whose values are all numbers (not bools) in strictly increasing or decreasing order is
+`ordered` (`spaces.base.numeric_levels`): ``"depth": [2, 4, 8]`` is, ``[4, 2, 8]`` and
+``["relu", "gelu"]`` are not. The flag follows from the values, so a space rebuilt from its
+values (a suite table, a workdir's config.json) has the same flags.
 In a config: ``config.spaces.model = {"kind": "choices", "decisions": {...}}``.
 """
 
@@ -21,13 +25,14 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from ma2ml_jax.spaces.base import Decision, PipelineSpace, Space
+from ma2ml_jax.spaces.base import Decision, PipelineSpace, Space, numeric_levels
 
 SPACE_NAME = "choices"
 
 
 def choices_space(decisions: Mapping[str, Any]) -> Space:
-    """A space with one decision per entry of `decisions`, in the mapping's order.
+    """A space with one decision per entry of `decisions`, in the mapping's order; numeric
+    levels in monotonic order are `ordered` decisions (module doc).
 
     Args:
       decisions: ordered mapping {decision name: list (or tuple) of values}; values are JSON
@@ -53,7 +58,7 @@ def choices_space(decisions: Mapping[str, Any]) -> Space:
         values = tuple(_json_scalar(name, v) for v in values)
         if not values:
             raise ValueError(f"decision {name!r} has no values")
-        decision = Decision(name, values)
+        decision = Decision(name, values, ordered=numeric_levels(values))
         # Two values that encode to one token (1 and 1.0, 0.1 and 0.1 + 1e-12) would not round
         # trip: the rule is `Decision.index`'s own.
         for i, v in enumerate(values):

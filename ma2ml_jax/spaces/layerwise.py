@@ -11,9 +11,11 @@ among all their combinations (Sec. V-B, A_conv):
 | dense | (output dimension,)                       | type="dense", units                     |
 
 A pool of size s has window s and stride s. The output layer (softmax over the classes) is not
-searched. Each layer lists the layers it takes as input (`Layer.inputs`; empty: the image), so a
-variant is a general layer graph (Sec. VI-D: skip connections, Inception-like branches); several
-inputs are concatenated on the channel axis (`models.layerwise_net`).
+searched. A pool's or dense layer's decision is `ordered` (levels of one number, when listed in
+monotonic order); a convolution's is not (its tuples combine three). Each layer lists the layers
+it takes as input (`Layer.inputs`; empty: the image), so a variant is a general layer graph (Sec.
+VI-D: skip connections, Inception-like branches); several inputs are concatenated on the channel
+axis (`models.layerwise_net`).
 
 Variants:
 
@@ -41,7 +43,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ma2ml_jax.spaces.base import Decision, PipelineSpace, Space
+from ma2ml_jax.spaces.base import Decision, PipelineSpace, Space, numeric_levels
 
 LAYER_TYPES = ("conv", "pool", "dense")
 # The decoded keys of each layer type, in tuple order.
@@ -197,7 +199,10 @@ class LayerSpace(Space):
                              f"{spec.num_layers - 1})")
         self.spec, self.layer = spec, layer
         kind = spec.layers[layer]
-        super().__init__(SPACE_NAME, [Decision(kind.type, kind.choices)])
+        # A pool's sizes and a dense layer's widths are levels of one number (ordered when
+        # listed in monotonic order); a convolution's tuples combine three.
+        ordered = len(FIELDS[kind.type]) == 1 and numeric_levels([c[0] for c in kind.choices])
+        super().__init__(SPACE_NAME, [Decision(kind.type, kind.choices, ordered=ordered)])
 
     @property
     def variant(self) -> str:

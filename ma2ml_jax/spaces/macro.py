@@ -211,20 +211,22 @@ def macro_space(variant: str) -> MacroSpace:
     if variant not in VARIANTS:
         raise ValueError(f"unknown macro variant {variant!r}; valid: {sorted(VARIANTS)}")
     spec = VARIANTS[variant]
-    decisions = [Decision("resolution", spec.resolution),
-                 Decision("stem/width", spec.stem_width),
+    # Resolutions, widths, kernel sizes, expansions and depths are numeric levels: ordered.
+    decisions = [Decision("resolution", spec.resolution, ordered=True),
+                 Decision("stem/width", spec.stem_width, ordered=True),
                  Decision("stem/stride", (spec.stem_stride,))]
     tied = {}
     for i, s in enumerate(spec.stages):
         p = f"stages/{i}/"
-        decisions += [Decision(p + "kernel", s.kernel), Decision(p + "expansion", s.expansion)]
+        decisions += [Decision(p + "kernel", s.kernel, ordered=True),
+                      Decision(p + "expansion", s.expansion, ordered=True)]
         if s.width is None:
             if i == 0:
                 raise ValueError("the first stage cannot tie its width")
             tied[i] = tied.get(i - 1, i - 1)
         else:
-            decisions.append(Decision(p + "width", s.width))
-        decisions += [Decision(p + "depth", s.depth), Decision(p + "stride", (s.stride,)),
-                      Decision(p + "se", (s.se,))]
-    decisions.append(Decision("head/width", spec.head_width))
+            decisions.append(Decision(p + "width", s.width, ordered=True))
+        decisions += [Decision(p + "depth", s.depth, ordered=True),
+                      Decision(p + "stride", (s.stride,)), Decision(p + "se", (s.se,))]
+    decisions.append(Decision("head/width", spec.head_width, ordered=True))
     return MacroSpace("macro", decisions, tied)

@@ -21,6 +21,9 @@ Variants:
   {sgd, adamw}, learning rate {1e-3 .. 0.3}, weight decay, label smoothing, mixup, dropout, EMA,
   warm-up epochs. 1,536 candidates (log10 = 3.19).
 
+Every numeric hyper-parameter (learning rates, weight decays, mixup, dropout, stochastic depth,
+label smoothing, warm-up epochs) is an `ordered` decision; the optimizer and EMA are not.
+
 `to_hparams` flattens a decoded recipe into the numbers a trainer puts into arrays.
 """
 
@@ -35,36 +38,42 @@ from ma2ml_jax.spaces.base import Decision, Space
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 SCHEDULE_PHASES = 10  # cifar: decisions per hyper-parameter ("10 steps")
 
+
+def _level(name: str, choices: tuple) -> Decision:
+    """An ordered decision: levels of one numeric hyper-parameter."""
+    return Decision(name, choices, ordered=True)
+
+
 _IMAGENET = (
     Decision("optimizer", OPTIMIZERS),
-    Decision("learning_rate", (5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 8e-3, 0.01, 0.016, 0.02, 0.03, 0.05,
-                               0.064, 0.1, 0.2, 0.4, 0.8)),
-    Decision("weight_decay", (0.0, 1e-6, 3e-6, 7e-6, 1e-5, 1.5e-5, 2e-5, 4e-5, 5e-5, 1e-4, 2e-4,
-                              5e-4, 1e-3, 1e-2, 5e-2)),
-    Decision("mixup", (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)),
-    Decision("dropout", (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35)),
-    Decision("stochastic_depth", (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)),
+    _level("learning_rate", (5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 8e-3, 0.01, 0.016, 0.02, 0.03, 0.05,
+                             0.064, 0.1, 0.2, 0.4, 0.8)),
+    _level("weight_decay", (0.0, 1e-6, 3e-6, 7e-6, 1e-5, 1.5e-5, 2e-5, 4e-5, 5e-5, 1e-4, 2e-4,
+                            5e-4, 1e-3, 1e-2, 5e-2)),
+    _level("mixup", (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)),
+    _level("dropout", (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35)),
+    _level("stochastic_depth", (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)),
     Decision("ema", (False, True)),
-    Decision("warmup_epochs", (0, 1, 2, 3, 5)),
+    _level("warmup_epochs", (0, 1, 2, 3, 5)),
 )
 
 _CIFAR = (
     (Decision("optimizer", ("sgd",)),)
-    + tuple(Decision(f"learning_rate_schedule/{i}", (0.025, 0.05, 0.1, 0.2))
+    + tuple(_level(f"learning_rate_schedule/{i}", (0.025, 0.05, 0.1, 0.2))
             for i in range(SCHEDULE_PHASES))
-    + tuple(Decision(f"weight_decay_schedule/{i}", (1e-4, 3e-4, 5e-4, 1e-3))
+    + tuple(_level(f"weight_decay_schedule/{i}", (1e-4, 3e-4, 5e-4, 1e-3))
             for i in range(SCHEDULE_PHASES))
 )
 
 _TINY = (
     Decision("optimizer", ("sgd", "adamw")),
-    Decision("learning_rate", (1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3)),
-    Decision("weight_decay", (0.0, 1e-4, 5e-4, 5e-3)),
-    Decision("label_smoothing", (0.0, 0.1)),
-    Decision("mixup", (0.0, 0.2)),
-    Decision("dropout", (0.0, 0.1)),
+    _level("learning_rate", (1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3)),
+    _level("weight_decay", (0.0, 1e-4, 5e-4, 5e-3)),
+    _level("label_smoothing", (0.0, 0.1)),
+    _level("mixup", (0.0, 0.2)),
+    _level("dropout", (0.0, 0.1)),
     Decision("ema", (False, True)),
-    Decision("warmup_epochs", (0, 1)),
+    _level("warmup_epochs", (0, 1)),
 )
 
 VARIANTS = {"imagenet": _IMAGENET, "cifar": _CIFAR, "tiny": _TINY}
