@@ -88,9 +88,8 @@ def make_critic(space: PipelineSpace, hidden: Sequence[int] = (64, 64), order: s
             e = params["embed"][a]  # [n, max, width]
             if thermometer[a].any():
                 # Level i of an ordered decision: its vectors 0 .. i summed, for the whole table
-                # before the gather. A product with a lower-triangular matrix, not jnp.cumsum:
-                # under jit on XLA's CPU backend (JAX 0.10) the gradient of cumsum followed by an
-                # index reached every level, not levels 0 .. i (tests/test_critic.py checks it).
+                # before the gather (a product with a lower-triangular matrix; tests/test_critic.py
+                # checks the values and the jitted gradient).
                 sums = jnp.einsum("ij,njw->niw", jnp.asarray(np.tril(
                     np.ones((e.shape[1], e.shape[1]), np.float32)), e.dtype), e)
                 e = jnp.where(jnp.asarray(thermometer[a])[:, None, None], sums, e)
