@@ -61,8 +61,8 @@ def run_all(config, searchers: Sequence[str], seeds: Sequence[int], out: str,
     from ma2ml_jax import search
 
     results: dict[str, dict[int, dict[str, Any]]] = {}
-    for name in searchers:
-        for seed in seeds:
+    for seed in seeds:  # every searcher on a seed before the next seed: paired runs first
+        for name in searchers:
             workdir = os.path.join(out, name, f"seed{seed}")
             print(f"{name} seed {seed}: {workdir}", flush=True)
             r = search.run(run_config(config, name, seed), workdir, progress=progress)
@@ -144,7 +144,10 @@ def plot(results: Mapping[str, Mapping[int, Mapping[str, Any]]], path: str) -> N
 
 def main(argv: Sequence[str] | None = None) -> None:
     from ma2ml_jax import cli
+    from ma2ml_jax import config as config_lib
     from ma2ml_jax.errors import UserError
+
+    config_lib.setup_jax_for_cli()  # the command lines' compilation cache and logging
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/full_space_digits.py",
