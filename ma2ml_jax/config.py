@@ -299,6 +299,11 @@ def setup_jax_for_cli() -> None:
 
     import jax
 
+    from ma2ml_jax import host_memory
+
+    # Before XLA starts its threads: each training step's temporary buffer is reused from the
+    # heap instead of mapped and page-faulted anew on every call (CPU-only JAX on glibc).
+    host_memory.keep_buffers_in_heap()
     # absl shows INFO logs; JAX's "no TPU/GPU backend found" lines are noise for a CPU user.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     # orbax logs every checkpoint at INFO through absl; the search reports its own progress.
