@@ -191,3 +191,16 @@ def test_the_naive_port_uses_the_masked_networks_depthwise_kernel():
     port = throughput.port_network("macro", macro["nas"], arch, 10, c.model, False)
     assert port.depthwise_impl == ("taps" if jax.default_backend() == "cpu" else "conv")
 
+
+def test_sample_efficiency_quick_runs_one_seed_for_two_iterations(tmp_path, capsys):
+    import json
+
+    from ma2ml_jax.bench import sample_efficiency as se
+
+    se.main(["--quick", "--sizes=small,medium", "--noise=none", "--algorithms=random,local",
+             "--seeds=10", f"--out={tmp_path}", "--no_timing"])
+    assert "2 problems x 2 searchers x 1 seeds: 4 searches of up to 16 evaluations" in (
+        capsys.readouterr().out)
+    results = json.loads((tmp_path / "sample_efficiency.json").read_text())["results"]
+    assert {(s["seeds"], s["budget"]) for per in results.values() for s in per.values()} == {
+        (1, 2 * 8)}
