@@ -9,11 +9,13 @@ Table II's batch size 128 and SGD. One episode per iteration, as the paper's seq
 (the layerwise evaluator trains one CNN at a time anyway).
 
 The ":vgg16" argument searches Table III's VGG-16 space (19 agents, 400 exploration episodes at
-least; the paper ran 500, then about 300 of exploration-exploitation).
+least; the paper ran 500, then about 300 of exploration-exploitation). ":local" (alone or after
+":vgg16") shrinks either.
 
   python -m ma2ml_jax.train --config=configs/iranfar_vgg_cifar10.py --workdir=runs/iranfar
   python -m ma2ml_jax.train --config=configs/iranfar_vgg_cifar10.py:vgg16
   python -m ma2ml_jax.train --config=configs/iranfar_vgg_cifar10.py:local   # tiny CPU variant
+  python -m ma2ml_jax.train --config=configs/iranfar_vgg_cifar10.py:vgg16:local
   # real CIFAR-10 without TFDS (":local" too): python ../shared/data/cifar10.py --out
   #   /tmp/cifar10.npz, then --config.data.source=npz:/tmp/cifar10.npz
 """
@@ -24,10 +26,15 @@ from ma2ml_jax.spaces.layerwise import layerwise_spaces_config
 DATASET = "tfds:cifar10"
 
 
+VARIANTS = ("vgg16", "local")
+
+
 def get_config(arg=None):
-    if arg not in (None, "", "local", "vgg16"):
-        raise ValueError(f"this config takes no argument, 'local' or 'vgg16', got {arg!r}")
-    variant = "vgg16" if arg == "vgg16" else "vgg_small"
+    variants = arg.split(":") if arg else []
+    if any(v not in VARIANTS for v in variants) or len(set(variants)) != len(variants):
+        raise ValueError(f"this config takes no argument, 'local', 'vgg16' or 'vgg16:local', "
+                         f"got {arg!r}")
+    variant = "vgg16" if "vgg16" in variants else "vgg_small"
     c = base_config()
     c.data.source = DATASET
     c.data.val_size = 10_000
@@ -50,7 +57,7 @@ def get_config(arg=None):
     if variant == "vgg16":
         c.search.iterations = 800
         c.qlearning.min_exploration = 500  # Sec. VIII-D: 500 (the minimum is 20 x 20 = 400)
-    if arg == "local":
+    if "local" in variants:
         c.data.val_size = 500
         c.data.max_train = 1024
         c.search.iterations = 3
@@ -60,4 +67,9 @@ def get_config(arg=None):
         c.evaluate.batch_size = 64
         c.termination.loss_threshold = 2.25
         c.termination.batch_time = 5.0
+        if variant == "vgg16":  # VGG-16's 13 convolutions: two episodes on a quarter of the data
+            c.search.iterations = 2
+            c.search.pipelines = 1
+            c.data.max_train = 256
+            c.data.val_size = 128
     return c

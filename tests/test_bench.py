@@ -62,6 +62,28 @@ def test_table_reports_ratios_to_the_naive_baseline():
     assert rows["vmap"][0] == "over 60 s"
 
 
+def test_throughput_workload_is_sized_by_the_backend():
+    cpu = throughput.parse([], backend="cpu")
+    assert (cpu.workload, cpu.pipelines, cpu.variants) == ("default", 8, "naive,loop")
+    gpu = throughput.parse([], backend="gpu")
+    assert (gpu.workload, gpu.pipelines) == ("cifar", 24)
+    assert gpu.variants.split(",") == list(throughput.DEFAULT_VARIANTS)
+    # Asked for explicitly, the accelerator workload runs on a CPU, with a word on its cost.
+    asked = throughput.parse(["--workload=cifar", "--variants=loop"], backend="cpu")
+    assert (asked.workload, asked.pipelines, asked.variants) == ("cifar", 24, "loop")
+    said = throughput.describe(asked, "cpu")
+    assert "made for an accelerator" in said and "--workload=default" in said
+    assert "--quick" in throughput.describe(cpu, "cpu")
+
+
+def test_throughput_quick_shrinks_the_workload_and_keeps_the_variants():
+    args = throughput.parse(["--quick", "--pipelines=8", "--variants=naive,vmap"], backend="cpu")
+    assert (args.pipelines, args.iterations, args.cells, args.train_images) == (2, 1, 2, 32)
+    assert args.variants == "naive,vmap" and args.workload == "default"
+    assert "made for an accelerator" not in throughput.describe(
+        throughput.parse(["--quick", "--workload=cifar"], backend="cpu"), "cpu")
+
+
 @pytest.mark.slow  # two compiles of the default network: ~1-2 minutes on 2 CPU cores
 def test_throughput_benchmark_runs(tmp_path):
     out = tmp_path / "t.json"
@@ -168,3 +190,17 @@ def test_the_naive_port_uses_the_masked_networks_depthwise_kernel():
     arch = macro.decode(macro.sample(jax.random.key(0), 1), 0)["nas"]
     port = throughput.port_network("macro", macro["nas"], arch, 10, c.model, False)
     assert port.depthwise_impl == ("taps" if jax.default_backend() == "cpu" else "conv")
+
+
+def test_sample_efficiency_quick_runs_one_seed_for_two_iterations(tmp_path, capsys):
+    import json
+
+    from ma2ml_jax.bench import sample_efficiency as se
+
+    se.main(["--quick", "--sizes=small,medium", "--noise=none", "--algorithms=random,local",
+             "--seeds=10", f"--out={tmp_path}", "--no_timing"])
+    assert "2 problems x 2 searchers x 1 seeds: 4 searches of up to 16 evaluations" in (
+        capsys.readouterr().out)
+    results = json.loads((tmp_path / "sample_efficiency.json").read_text())["results"]
+    assert {(s["seeds"], s["budget"]) for per in results.values() for s in per.values()} == {
+        (1, 2 * 8)}

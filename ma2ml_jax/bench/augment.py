@@ -1,7 +1,7 @@
 """Cost of on-device augmentation against one training step of a small CNN.
 
     python -m ma2ml_jax.bench.augment [--network cell|smallcnn] [--batch_size 256]
-        [--num_subpolicies 25] [--repeats 20]
+        [--num_subpolicies 25] [--repeats 20] [--quick]
 
 Times `augment.apply_policy` on a batch of CIFAR-size uint8 images with a random policy, one SGD
 training step (forward, backward, update) of a proxy CNN on the same batch, and the step with the
@@ -11,7 +11,8 @@ in turn for `repeats` rounds; median and minimum reported. `run` takes the netwo
 architecture) at the size of `configs/cifar10.py:local`; `smallcnn` is a plain 3-stage CNN.
 The goal is augmentation under 10% of a step. Real CIFAR-10 images are used when
 ../shared/data/cifar10_jpeg.npz exists (only the first batch is decoded), random ones otherwise:
-the cost hardly depends on the content.
+the cost hardly depends on the content. `--quick` times a batch of 16, 5 sub-policies, once: the
+same code path at its smallest, what the tests run.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm import tqdm
 
 from ma2ml_jax import augment
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_DATA = os.path.join(_REPO_ROOT, "..", "shared", "data", "cifar10_jpeg.npz")
 NUM_CLASSES = 10
+QUICK = {"batch_size": 16, "num_subpolicies": 5, "repeats": 1}  # --quick
 
 
 class SmallCNN(nn.Module):
@@ -140,11 +143,12 @@ def median_seconds(fns: dict[str, Callable[[], Any]], repeats: int,
     The functions are timed in turn, round after round, so that a change in the machine's load
     during the measurement (other processes on a shared CPU) affects all of them alike.
     """
-    for fn in fns.values():
+    for name, fn in fns.items():
+        print(f"compiling and warming up: {name}", flush=True)
         for _ in range(warmup):
             jax.block_until_ready(fn())
     times = {name: [] for name in fns}
-    for _ in range(repeats):
+    for _ in tqdm(range(repeats), desc="timed rounds", unit="round"):
         for name, fn in fns.items():
             start = time.perf_counter()
             jax.block_until_ready(fn())
@@ -227,7 +231,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num_subpolicies", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--data", default=DEFAULT_DATA, help="path of cifar10_jpeg.npz")
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest run: " + ", ".join(f"--{k} {v}" for k, v in
+                                                              QUICK.items()))
     args = parser.parse_args(argv)
+    if args.quick:
+        vars(args).update(QUICK)
     print(f"devices: {jax.devices()}")
     model, network_name = proxy_network(args.network)
     result = run(model, batch_size=args.batch_size, num_subpolicies=args.num_subpolicies,

@@ -3,6 +3,7 @@ r"""Compile time and step time of the cell-space networks against the number of 
     python -m ma2ml_jax.bench.cells                                  # 2, 5 and 17 cells
     python -m ma2ml_jax.bench.cells --cells=2,5 --networks=scan,exact --timeout=300
     python -m ma2ml_jax.bench.cells --lower_only --cells=2,5,17,29  # program size, no compiling
+    python -m ma2ml_jax.bench.cells --quick     # any of these at its smallest: 2 cells of 2 blocks
 
 Networks, each (network, cells) pair in its own process (its own caches and peak memory) with a
 timeout; a network over the timeout is not run at larger sizes (its program only grows):
@@ -23,6 +24,10 @@ said in the output). Measured: seconds to compile the initialisation and the tra
 the median time of a training step after one warm-up step, and the process's peak RSS. With
 `--lower_only`, nothing is compiled: the seconds to trace and lower each program to StableHLO and
 its size in lines of StableHLO text, what XLA's compile time grows with.
+
+The default sizes compile for hours on a small CPU (docs/BENCHMARKS.md). `--quick` measures the
+networks asked for at 2 cells of 2-block cells (QUICK), the same code path at its smallest, what
+the tests run.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ from ma2ml_jax.spaces import make_pipeline_space
 
 _REPO_ROOT = cli.REPO_ROOT
 NETWORKS = ("per_op", "families", "scan", "exact")
+# --quick: the smallest network of each kind, one timed step
+QUICK = {"cells": "2", "blocks": 2, "channels": 4, "batch": 8, "steps": 1}
 
 
 def reduction_cells(cells: int) -> tuple[int, ...]:
@@ -53,8 +60,10 @@ def reduction_cells(cells: int) -> tuple[int, ...]:
     return tuple(sorted({cells // 3 + 1, 2 * cells // 3 + 1}))
 
 
-def build(network: str, cells: int, channels: int, seed: int):
-    """(network module, architecture arrays or None, hp, policy) of one sampled CIFAR pipeline."""
+def build(network: str, cells: int, channels: int, seed: int, blocks: int = 5):
+    """(network module, architecture arrays or None, hp, policy) of one sampled CIFAR pipeline,
+    its cells of `blocks` blocks.
+    """
     import jax
 
     from ma2ml_jax import models, proxy
@@ -68,6 +77,7 @@ def build(network: str, cells: int, channels: int, seed: int):
     config.model.cells = cells
     config.model.reduction_cells = reduction_cells(cells)
     config.model.cell_channels = channels
+    config.spaces.nas.num_blocks = blocks
     space = make_pipeline_space(config.spaces)
     roles = agent_roles(space)
     pipeline = space.decode(space.sample(jax.random.key(seed), 1), 0)
@@ -105,7 +115,7 @@ def run_one(network: str, cells: int, args) -> None:
 
     images, labels, source = load_batch(args.batch, args.data)
     report(data=source, device=str(jax.devices()[0].device_kind))
-    net, arrays, hp, policy = build(network, cells, args.channels, args.seed)
+    net, arrays, hp, policy = build(network, cells, args.channels, args.seed, args.blocks)
     mean = images.reshape(-1, 3).mean(0).astype(np.float32)
     std = images.reshape(-1, 3).std(0).astype(np.float32)
     trainer = proxy.make_trainer(net, image_shape=images.shape[1:], num_classes=10, mean=mean,
@@ -208,6 +218,7 @@ def parse(argv: Sequence[str] | None):
     p.add_argument("--cells", default="2,5,17")
     p.add_argument("--networks", default=",".join(NETWORKS))
     p.add_argument("--channels", type=int, default=8, help="channels of the first cells")
+    p.add_argument("--blocks", type=int, default=5, help="blocks of a cell (the paper's: 5)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=3, help="timed training steps (after 1 warm-up)")
     p.add_argument("--seed", type=int, default=0, help="which pipeline is sampled")
@@ -217,8 +228,13 @@ def parse(argv: Sequence[str] | None):
     p.add_argument("--json", default="cells.json", help="where to write the results")
     p.add_argument("--lower_only", action="store_true",
                    help="only trace and lower the programs: seconds and StableHLO size")
+    p.add_argument("--quick", action="store_true",
+                   help="the smallest run: " + ", ".join(f"--{k}={v}" for k, v in QUICK.items()))
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        vars(args).update(QUICK)
+    return args
 
 
 def _child(network: str, cells: int, args, forwarded: list[str]) -> dict[str, Any]:
@@ -257,14 +273,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                  if not a.startswith(("--cells", "--networks", "--json"))]
     sizes = sorted(int(c) for c in args.cells.split(","))
     networks = args.networks.split(",")
-    print(f"load average at start: {os.getloadavg()}; {args.channels} channels, batch "
-          f"{args.batch}, timeout {args.timeout:.0f} s", flush=True)
+    print(f"load average at start: {os.getloadavg()}; cells {', '.join(map(str, sizes))} of "
+          f"{args.blocks} blocks, {args.channels} channels, batch {args.batch}, networks "
+          f"{', '.join(networks)}: {len(sizes) * len(networks)} measurements, each in its own "
+          f"process, up to {args.timeout:.0f} s each"
+          + ("" if args.quick else "; --quick runs them at their smallest"), flush=True)
     results, over = [], set()
     for cells in sizes:
         for network in networks:
             if network in over:
                 results.append({"network": network, "cells": cells, "skipped": True})
                 continue
+            print(f"[{network}, {cells} cells] {'lowering' if args.lower_only else 'compiling'}"
+                  " in its own process ...", flush=True)
             r = _child(network, cells, args, forwarded)
             results.append(r)
             if r.get("timed_out"):

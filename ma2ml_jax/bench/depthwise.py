@@ -1,11 +1,11 @@
 """Depthwise convolution on the default device: XLA's grouped convolution vs shifted adds.
 
-    python -m ma2ml_jax.bench.depthwise [--repeats 20]
+    python -m ma2ml_jax.bench.depthwise [--repeats 20] [--quick]
 
 Times forward + backward (jitted, after warm-up, median) of a 5x5 depthwise SAME convolution,
 batch 64, for a few map sizes, as `lax.conv_general_dilated(feature_group_count=C)` and as
 `models.layers.depthwise_taps`; prints the ratio. The networks pick the faster one per
-backend ("taps" on CPU).
+backend ("taps" on CPU). `--quick` times each once (what the tests run).
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="one timed run each")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats = 1
     print(f"devices: {jax.devices()}")
     print("input           grouped conv      taps   grouped / taps")
     for size, channels, stride in CASES:

@@ -1,7 +1,7 @@
 """Throughput and host memory of the streaming input pipeline (`stream.py`) on generated data.
 
     python -m ma2ml_jax.bench.input [--images 500,2000] [--size_range 64,512] [--image_size 224]
-        [--batch_size 64] [--workers 0] [--prefetch 2] [--epochs 1] [--data_dir DIR]
+        [--batch_size 64] [--workers 0] [--prefetch 2] [--epochs 1] [--data_dir DIR] [--quick]
 
 For each number of training images, writes (once, in DIR, default a temporary directory) a TFDS
 dataset in ArrayRecord format of JPEGs of random sizes (sides uniform in --size_range, a
@@ -12,6 +12,8 @@ index again, a sample decoded for the normalization statistics; 10% held out for
 streams --epochs training epochs (random-resized crops) and the validation split (centre crops)
 as host arrays, and reports images/s of each and the resident memory before loading and its peaks
 while loading and while streaming, against the size the decoded split would take in memory.
+`--quick` streams 64 small JPEGs at 32 pixels, batches of 16: the same code path at its smallest,
+what the tests run.
 """
 
 from __future__ import annotations
@@ -144,6 +146,10 @@ def measure(source: str, data_dir: str, image_size: int, batch_size: int, worker
                             if ".array_record" in f and "-train." in f) / 2 ** 20}
 
 
+# --quick
+QUICK = {"images": "64", "size_range": "16,48", "image_size": 32, "batch_size": 16}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -156,7 +162,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="training epochs streamed")
     parser.add_argument("--data_dir", default="", help="where the datasets are (re)used")
     parser.add_argument("--measure", default="", help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest run: " + ", ".join(f"--{k} {v}" for k, v in
+                                                              QUICK.items()))
     args = parser.parse_args()
+    if args.quick and not args.measure:
+        vars(args).update(QUICK)
     if args.measure:
         source, data_dir = args.measure.split("@", 1)
         print(json.dumps(measure(source, data_dir, args.image_size, args.batch_size,
@@ -168,6 +179,8 @@ def main() -> None:
     for n in (int(v) for v in args.images.split(",")):
         data_dir = os.path.join(root, f"n{n}_s{lo}-{hi}")
         name = "synthetic_jpegs"
+        print(f"{n} images: writing them (once) and streaming in a fresh process ...",
+              flush=True)
         if not os.path.isdir(os.path.join(data_dir, name)):
             # In a child too, so that the measuring process never held the encoder's memory.
             subprocess.run([sys.executable, "-c", (

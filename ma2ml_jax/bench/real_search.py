@@ -171,6 +171,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(str(e))
     os.makedirs(args.out, exist_ok=True)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
+    print(f"{len(names) * len(seeds)} searches ({', '.join(names)} x {len(seeds)} seeds) of "
+          f"{config.search.iterations} iterations x {config.search.pipelines} pipelines of "
+          f"{args.config}, each resumable in its workdir under {args.out}"
+          + ("" if args.config.endswith(":local") else
+             f"; --config={args.config.partition(':')[0]}:local is the smoke run"), flush=True)
     try:
         results = run_all(config, names, seeds, args.out, progress=not args.noprogress)
     except UserError as e:  # a bad config or data, or an --out holding other runs

@@ -14,6 +14,12 @@ objectives, or the real problems of `bench.suite` (`--suite=real`).
     python -m ma2ml_jax.bench.sample_efficiency --timing        # only the MA2ML update timing
     python -m ma2ml_jax.bench.sample_efficiency --sizes=small --seeds=2 --algorithms=random,ma2ml
     python -m ma2ml_jax.bench.sample_efficiency --merge=a/sample_efficiency.json,b/...json
+    python -m ma2ml_jax.bench.sample_efficiency --quick   # any of the above at its smallest
+
+The reported runs and the sweeps take hours on a small CPU: the first lines of the output say how
+many searches a run holds. `--quick` runs the same code path at its smallest (QUICK: one seed,
+two iterations a search; a sweep on its first tuning problem, with the first two candidates of
+its first stages; the update timing on configs/cifar10.py:local's spaces), what the tests run.
 
 Objectives (`bench.objectives`): every decision has a target value with a weight, and pairs of
 decisions of different agents add a bonus when both hit their targets and a penalty when only one
@@ -145,6 +151,16 @@ ALGORITHMS = {
 }
 DEFAULT_ALGORITHMS = ("ma2ml", "ma2ml_replay", "ma2ml_onpolicy", "ma2ml_with_repeats", "lite",
                       "random", "tpe", "evolution", "local")
+# --quick: searcher seeds, iterations a search, a sweep's stages and candidates per stage (on its
+# first problem), timing repeats.
+QUICK = {"seeds": 1, "iterations": 2, "stages": 2, "candidates": 2, "repeats": 2}
+
+
+def quick_budgets(objectives: dict[str, tuple[Any, int]], pipelines: int
+                  ) -> dict[str, tuple[Any, int]]:
+    """The objectives with their budgets cut to QUICK's iterations."""
+    cap = QUICK["iterations"] * pipelines
+    return {name: (o, min(budget, cap)) for name, (o, budget) in objectives.items()}
 
 
 def searcher_config(algorithm: str, overrides: dict[str, Any], pipelines: int):
@@ -442,22 +458,30 @@ def _tuning_objectives(names: Sequence[str]) -> dict[str, tuple[Any, int]]:
     return objectives
 
 
-def sweep(pipelines: int, target: float, only: str = "") -> dict[str, Any]:
+def sweep(pipelines: int, target: float, only: str = "", quick: bool = False) -> dict[str, Any]:
     """The grid of MA2ML's lambda x actor_lr and Lite's lr on tune_a and tune_b, then the
-    actor-action source at the chosen values on those and the large-like tune_c.
+    actor-action source at the chosen values on those and the large-like tune_c (`quick`: at
+    its smallest, see QUICK).
     """
     grid = ("tune_a", "tune_b")
     groups = [("ma2ml", SWEEP_MA2ML, grid), ("ma2ml", SWEEP_ACTIONS, grid + ("tune_c",)),
               ("lite", SWEEP_LITE, grid)]
+    seeds = TUNING_SEARCHER_SEEDS[:QUICK["seeds"]] if quick else TUNING_SEARCHER_SEEDS
+    if quick:
+        groups = [(a, options[:QUICK["candidates"]], names) for a, options, names in groups]
+    print(f"the defaults sweep: {sum(len(options) for _, options, _ in groups)} candidates, each "
+          f"on its tuning objectives x {len(seeds)} seeds", flush=True)
     out = {}
     for algorithm, options, names in groups:
         objectives = _tuning_objectives(names)
+        if quick:
+            objectives = quick_budgets(dict(list(objectives.items())[:1]), pipelines)
         for o in options:
             cname = algorithm + " " + " ".join(f"{k.split('.')[1]}={v}" for k, v in o.items())
             if only and only not in cname:
                 continue
-            res = run_grid(objectives, {cname: (algorithm, o, True)}, TUNING_SEARCHER_SEEDS,
-                           pipelines, target, progress=False)
+            res = run_grid(objectives, {cname: (algorithm, o, True)}, seeds, pipelines,
+                           target, progress=False)
             per = [res[name][cname] for name in objectives]
             out[cname] = {"auc": float(np.mean([s["auc"] for s in per])),
                           "reached": int(sum(s["reached"] for s in per)),
@@ -538,19 +562,32 @@ SWEEPS = {"ma2ml": (SCREENED, REAL_STAGES), "ma2ml_paper": ({}, PAPER_STAGES)}
 
 
 def real_sweep(pipelines: int, target: float, jobs: int = 1, cache: str | None = None,
-               algorithm: str = "ma2ml") -> dict[str, Any]:
+               algorithm: str = "ma2ml", quick: bool = False) -> dict[str, Any]:
     """The staged search of `algorithm`'s defaults on the real suite (see the rule above):
-    `ma2ml` (the screened default, REAL_STAGES) or `ma2ml_paper` (PAPER_STAGES).
+    `ma2ml` (the screened default, REAL_STAGES) or `ma2ml_paper` (PAPER_STAGES); `quick`: at
+    its smallest (QUICK).
     """
     start, stages = SWEEPS[algorithm]
     defaults = PAPER if algorithm == "ma2ml_paper" else MA2MLConfig()
-    objectives = real_objectives(REAL_PROBLEMS, cache)
-    for tname in REAL_TUNING_COOPERATIVE:
+    problems, cooperative = REAL_PROBLEMS, REAL_TUNING_COOPERATIVE
+    seeds = REAL_TUNING_SEEDS
+    if quick:
+        problems, cooperative = problems[:1], ()
+        seeds = seeds[:QUICK["seeds"]]
+        stages = tuple((stage, options[:QUICK["candidates"]], left_out)
+                       for stage, options, left_out in stages[:QUICK["stages"]])
+    objectives = real_objectives(problems, cache)
+    for tname in cooperative:
         shape, budget = TUNING[tname]
         objectives[tname] = (make_objective(shape, seed=TUNING_OBJECTIVE_SEEDS[0],
                                             name=tname), budget)
-    baselines = run_grid(objectives, {b: ALGORITHMS[b] for b in REAL_BASELINES},
-                         REAL_TUNING_SEEDS, pipelines, target, jobs=jobs)
+    if quick:
+        objectives = quick_budgets(objectives, pipelines)
+    print(f"the {algorithm} sweep: baselines {', '.join(REAL_BASELINES)}, then "
+          f"{sum(len(options) for _, options, _ in stages)} candidates in {len(stages)} stages, "
+          f"on {len(objectives)} problems x {len(seeds)} seeds", flush=True)
+    baselines = run_grid(objectives, {b: ALGORITHMS[b] for b in REAL_BASELINES}, seeds,
+                         pipelines, target, jobs=jobs)
     best = {o: min(_capped(baselines[o][b]) for b in REAL_BASELINES) for o in objectives}
     print("  best baseline (median evaluations, tuning seeds): " +
           ", ".join(f"{o} {v:.0f}" for o, v in best.items()), flush=True)
@@ -573,9 +610,8 @@ def real_sweep(pipelines: int, target: float, jobs: int = 1, cache: str | None =
             if todo:
                 missing.setdefault(todo, {})[n] = (algorithm, c, True)
         for todo, algorithms in missing.items():
-            got = _by_algorithm(run_grid({o: objectives[o] for o in todo}, algorithms,
-                                         REAL_TUNING_SEEDS, pipelines, target, progress=False,
-                                         jobs=jobs))
+            got = _by_algorithm(run_grid({o: objectives[o] for o in todo}, algorithms, seeds,
+                                         pipelines, target, progress=False, jobs=jobs))
             for n, per in got.items():
                 seen.setdefault(n, {}).update(per)
         on_stage = {n: {o: seen[n][o] for o in names} for n in candidates}
@@ -651,11 +687,14 @@ def _time_ma2ml(space, pipelines: int, cfg, repeats: int, images: int) -> dict[s
             "break_even_images_per_s": images / ((tell + ask) / 0.02)}
 
 
-def timing(repeats: int = 20) -> dict[str, Any]:
-    """One MA2ML update and one tell on the CIFAR config's spaces, 24 pipelines, K = 8."""
+def timing(repeats: int = 20, quick: bool = False) -> dict[str, Any]:
+    """One MA2ML update and one tell on the CIFAR config's spaces, 24 pipelines, K = 8 (`quick`:
+    on its :local variant's, with its pipelines).
+    """
     from ma2ml_jax.agents.ma2ml import MA2MLConfig
 
-    c = _cifar_config()
+    c = cli.load_config("configs/cifar10.py:local", root=cli.REPO_ROOT) if quick else (
+        _cifar_config())
     space = make_pipeline_space(c.spaces)
     decisions = {a: space[a].n_decisions for a in space.agents}
     pipelines = c.search.pipelines
@@ -707,7 +746,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no_timing", action="store_true")
     parser.add_argument("--merge", default="",
                         help="comma-separated JSON files of earlier runs: one table and plot")
+    parser.add_argument("--quick", action="store_true",
+                        help="the same run at its smallest (one seed, two iterations a search, "
+                        "a sweep's first problems and candidates): what the tests run")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds = QUICK["seeds"]
     os.makedirs(args.out, exist_ok=True)
     print(f"device: {jax.devices()[0]}  ({os.cpu_count()} CPU cores)", flush=True)
     record: dict[str, Any] = {"args": vars(args)}
@@ -725,9 +769,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.no_timing = True
     elif args.sweep and args.suite == "real":
         record["sweep"] = real_sweep(args.pipelines, args.target, args.jobs, args.cache,
-                                     args.sweep_algorithm)
+                                     args.sweep_algorithm, args.quick)
     elif args.sweep:
-        record["sweep"] = sweep(args.pipelines, args.target, args.sweep_only)
+        record["sweep"] = sweep(args.pipelines, args.target, args.sweep_only, args.quick)
     elif not args.timing:
         unknown = [a for a in args.algorithms.split(",") if a not in ALGORITHMS]
         sizes = args.sizes.split(",")
@@ -753,6 +797,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                                        for n in names if n in TUNING})
             except suite.SuiteError as e:
                 parser.error(str(e))
+        if args.quick:
+            objectives = quick_budgets(objectives, args.pipelines)
+        print(f"{len(objectives)} problems x {len(algos)} searchers x {args.seeds} seeds: "
+              f"{len(objectives) * len(algos) * args.seeds} searches of up to "
+              f"{max(b for _, b in objectives.values())} evaluations"
+              + ("" if args.quick else "; --quick runs each at its smallest"), flush=True)
         results = run_grid(objectives, algos, range(args.first_seed, args.first_seed + args.seeds),
                            args.pipelines, args.target, jobs=args.jobs)
         record["results"] = results
@@ -761,7 +811,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         plot(results, png, args.target)
         print(f"plot: {png}")
     if args.timing or not (args.sweep or args.no_timing or args.merge):
-        t = timing()
+        t = timing(QUICK["repeats"] if args.quick else 20, args.quick)
         record["timing"] = t
         print(f"\nMA2ML update on the CIFAR config's spaces {t['decisions']}, "
               f"{t['pipelines']} pipelines, K = 8, on {t['device']}:")

@@ -4,6 +4,7 @@ r"""A development suite of real problems: public NAS tables and HPO surrogates, 
     python -m ma2ml_jax.bench.suite fetch --from_git=DIR  # or read them from git clones in DIR
     python -m ma2ml_jax.bench.suite prepare            # tabulate every problem (needs onnxruntime)
     python -m ma2ml_jax.bench.suite list               # the problems, sizes, optima, halves
+                                                       # (also with no command)
     python -m ma2ml_jax.bench.sample_efficiency --suite=real   # the searchers on them
 
 The cache is `$MA2ML_JAX_SUITE` or `~/.cache/ma2ml_jax/suite` (`--cache`); nothing of it belongs
@@ -560,7 +561,8 @@ def load(name: str, cache: str | None = None, noise: float = 0.0
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("fetch", "prepare", "list"))
+    parser.add_argument("command", choices=("fetch", "prepare", "list"), nargs="?",
+                        default="list")
     parser.add_argument("--cache", default=default_cache())
     parser.add_argument("--from_git", default="",
                         help="directory of git clones of the source repositories (by name)")

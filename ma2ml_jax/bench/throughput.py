@@ -1,13 +1,25 @@
 r"""Pipeline-evaluation throughput: the project's strategies against a naive port, side by side.
 
-    python -m ma2ml_jax.bench.throughput                       # the CIFAR proxy workload
-    python -m ma2ml_jax.bench.throughput --variants=naive,loop --pipelines=4 --cells=2
+    python -m ma2ml_jax.bench.throughput                  # sized by the backend (--workload=auto)
+    python -m ma2ml_jax.bench.throughput --workload=cifar --variants=naive,loop --cells=2
+    python -m ma2ml_jax.bench.throughput --quick          # a smoke run of the same code path
 
-Workload: the CIFAR-10 setting of configs/cifar10.py (25 AutoAugment sub-policies, the NASNet
-cell space, the CIFAR recipe space, 24 pipelines an iteration), shortened to fit a small machine:
-fewer cells, a slice of the training images, one short epoch. Real CIFAR-10 images come from
-../shared/data/cifar10_jpeg.npz when it exists (random images otherwise, said in the output).
+Workloads (`--workload`; `auto`, the default, is `default` on a CPU and `cifar` elsewhere, and the
+output's first line says which ran):
+  cifar    the CIFAR-10 setting of configs/cifar10.py (25 AutoAugment sub-policies, the NASNet
+           cell space, the CIFAR recipe space, 24 pipelines an iteration), shortened to fit one
+           accelerator: fewer cells, a slice of the training images, one short epoch. Made for an
+           accelerator: on a CPU its cell networks compile for many minutes per variant
+           (docs/BENCHMARKS.md, "The CIFAR cell workload"). Real CIFAR-10 images come from
+           ../shared/data/cifar10_jpeg.npz when it exists (random images otherwise, said in the
+           output).
+  default  configs/default.py as the README's first command runs it (bundled digits, the tiny
+           macro space), 8 pipelines an iteration; on a CPU only the naive port and the CPU
+           default ("loop") run unless --variants names more.
 Every variant evaluates the same pipelines (the same seeds), for `--iterations` iterations.
+`--quick` shrinks whichever workload runs to one iteration of 2 pipelines (cifar: 2 cells of 2
+blocks and 8 channels, one batch of 32 training images), the variants as given: what the tests
+run.
 
 Variants (each in its own process, so compile caches and peak memory are its own):
   naive      what a straightforward port would write: one pipeline at a time, an exactly-shaped
@@ -38,6 +50,8 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -50,6 +64,15 @@ from ma2ml_jax.spaces import make_pipeline_space
 _REPO_ROOT = cli.REPO_ROOT
 DEFAULT_VARIANTS = ("naive", "naive_grouped", "exact", "auto", "loop", "loop+scan", "map",
                     "unrolled", "vmap")
+# On a CPU: the naive port against the project's CPU default (`evaluate.strategy="auto"` is
+# "loop" there); every variant is a process that compiles its own programs.
+CPU_VARIANTS = ("naive", "loop")
+WORKLOADS = ("auto", "cifar", "default")
+PIPELINES = {"cifar": 24, "default": 8}
+# --quick: the smallest run of the same code path (the workload's flags it overrides).
+QUICK = {"pipelines": 2, "iterations": 1, "exact_iterations": 1, "epochs": 1, "cells": 2,
+         "reduction_cells": "2", "blocks": 2, "channels": 8, "train_images": 32,
+         "val_images": 32, "batch_size": 32}
 NAIVE = ("naive", "naive_grouped", "exact")  # exactly-shaped networks, compiled per architecture
 
 
@@ -70,6 +93,7 @@ def workload_config(args):
     c.model.cells = args.cells
     c.model.reduction_cells = tuple(int(r) for r in args.reduction_cells.split(",") if r)
     c.model.cell_channels = args.channels
+    c.spaces.nas.num_blocks = args.blocks
     c.data.val_size = args.val_images
     return c
 
@@ -314,15 +338,22 @@ def table(results: list[dict[str, Any]], peak: float) -> str:
     return "\n".join(rows)
 
 
-def parse(argv: Sequence[str] | None):
+def parse(argv: Sequence[str] | None, backend: str | None = None):
+    """The flags, with `auto` and the backend-sized defaults resolved (`backend`: JAX's default
+    backend unless given).
+    """
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
-    p.add_argument("--workload", default="cifar", choices=("cifar", "default"),
-                   help="cifar: configs/cifar10.py shortened by the flags below; default: "
-                        "configs/default.py as the README's first command runs it (digits, tiny "
-                        "macro space; only --pipelines and --epochs apply)")
-    p.add_argument("--pipelines", type=int, default=24)
+    p.add_argument("--variants", default=None,
+                   help=f"comma-separated; default on a CPU {','.join(CPU_VARIANTS)}, elsewhere "
+                        f"{','.join(DEFAULT_VARIANTS)}")
+    p.add_argument("--workload", default="auto", choices=WORKLOADS,
+                   help="cifar: configs/cifar10.py shortened by the flags below (made for an "
+                        "accelerator); default: configs/default.py as the README's first command "
+                        "runs it (digits, tiny macro space; only --pipelines and --epochs apply); "
+                        "auto: default on a CPU, cifar elsewhere")
+    p.add_argument("--pipelines", type=int, default=None,
+                   help=f"pipelines an iteration (default: {PIPELINES})")
     p.add_argument("--iterations", type=int, default=2, help="iterations of masked variants")
     p.add_argument("--exact_iterations", type=int, default=1,
                    help="iterations of naive / exact (each compiles every new architecture, so "
@@ -333,53 +364,111 @@ def parse(argv: Sequence[str] | None):
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--cells", type=int, default=5)
     p.add_argument("--reduction_cells", default="2,4")
+    p.add_argument("--blocks", type=int, default=5, help="blocks of a cell (the paper's: 5)")
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=1800, help="seconds per variant")
     p.add_argument("--data", default=os.path.join(_REPO_ROOT, "..", "shared", "data",
                                                   "cifar10_jpeg.npz"))
     p.add_argument("--json", default="throughput.json", help="where to write the results")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run of the same code path: " + ", ".join(
+                       f"--{k}={v}" for k, v in QUICK.items()) + " (the variants as given)")
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if backend is None:
+        import jax
+
+        backend = jax.default_backend()
+    cpu = backend == "cpu"
+    if args.workload == "auto":
+        args.workload = "default" if cpu else "cifar"
+    if args.variants is None:
+        args.variants = ",".join(CPU_VARIANTS if cpu else DEFAULT_VARIANTS)
+    if args.pipelines is None:
+        args.pipelines = PIPELINES[args.workload]
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    return args
+
+
+def describe(args, backend: str) -> str:
+    """What a run will do, and the flags that change it: printed before any work."""
+    if args.workload == "cifar":
+        what = (f"the CIFAR-10 cell setting, {args.cells} cells of {args.blocks} blocks and "
+                f"{args.channels} channels, "
+                f"{args.train_images} training images x {args.epochs} epochs, batch "
+                f"{args.batch_size}")
+    else:
+        what = f"configs/default.py (digits, tiny macro space), {args.epochs} epochs"
+    variants = args.variants.split(",")
+    lines = [f"workload {args.workload} on {backend}: {args.pipelines} pipelines x "
+             f"{args.iterations} iterations ({args.exact_iterations} for naive/exact), {what}; "
+             f"{len(variants)} variants, each compiling in its own process: "
+             + ", ".join(variants)]
+    if backend == "cpu" and args.workload == "cifar" and not args.quick:
+        lines.append("the cifar workload is made for an accelerator: on a CPU each variant "
+                     "compiles cell networks for many minutes (docs/BENCHMARKS.md, \"The CIFAR "
+                     "cell workload\"); --workload=default is the CPU-sized run")
+    if not args.quick:
+        lines.append("--quick runs the same code path at its smallest size")
+    return "\n".join(lines)
+
+
+def run_child(variant: str, args, forwarded: list[str]) -> dict[str, Any]:
+    """Runs one variant in its own process, its progress lines passed through as they come."""
+    cmd = [sys.executable, "-m", "ma2ml_jax.bench.throughput", f"--child={variant}", *forwarded]
+    result, stderr = None, []
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
+                                cwd=_REPO_ROOT)
+        timer = threading.Timer(args.timeout, proc.kill)
+        timer.start()
+        try:
+            for line in proc.stdout:
+                if line.startswith("RESULT "):
+                    result = json.loads(line[len("RESULT "):])
+                else:
+                    print(line, end="", flush=True)
+            proc.wait()
+        finally:
+            timed_out = not timer.is_alive() and proc.returncode != 0
+            timer.cancel()
+        err.seek(0)
+        stderr = err.read().strip().splitlines()
+    if result is not None:
+        return result
+    if timed_out:
+        return {"variant": variant, "error": f"over {args.timeout:.0f} s"}
+    return {"variant": variant, "error": f"failed: {(stderr or ['no output'])[-1][:80]}"}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(argv if argv is not None else sys.argv[1:])
     args = parse(argv)
     if args.child:  # one variant, in its own process
         print("RESULT " + json.dumps(run_variant(args.child, args)), flush=True)
         return
     import jax
 
+    backend = jax.default_backend()
+    print(describe(args, backend), flush=True)
     peak = matmul_peak()
-    if args.workload == "cifar":
-        what = (f"CIFAR-10 cell setting, {args.cells} cells of {args.channels} channels, "
-                f"{args.train_images} training images x {args.epochs} epochs, batch "
-                f"{args.batch_size}")
-    else:
-        what = f"configs/default.py (digits, tiny macro space), {args.epochs} epochs"
     print(f"device: {jax.devices()[0].device_kind} x{len(jax.devices())}, float32 matmul peak "
-          f"{peak / 1e9:.1f} GFLOP/s; workload: {args.pipelines} pipelines x {args.iterations} "
-          f"iterations ({args.exact_iterations} for naive/exact), {what}", flush=True)
+          f"{peak / 1e9:.1f} GFLOP/s", flush=True)
     results = []
-    forwarded = [a for a in (argv if argv is not None else sys.argv[1:])
-                 if not a.startswith(("--variants", "--json"))]
-    for variant in args.variants.split(","):
-        cmd = [sys.executable, "-m", "ma2ml_jax.bench.throughput", f"--child={variant}",
-               *forwarded]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
-                                  cwd=_REPO_ROOT)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            for ln in proc.stdout.splitlines():
-                if not ln.startswith("RESULT "):
-                    print(ln, flush=True)
-            if lines:
-                results.append(json.loads(lines[-1][len("RESULT "):]))
-            else:
-                tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                results.append({"variant": variant, "error": f"failed: {tail[:80]}"})
-        except subprocess.TimeoutExpired:
-            results.append({"variant": variant, "error": f"over {args.timeout:.0f} s"})
+    # The children resolve nothing on their own: the workload and sizes chosen here.
+    forwarded = [a for a in argv if not a.startswith(("--variants", "--json"))] + [
+        f"--workload={args.workload}", f"--pipelines={args.pipelines}"]
+    variants = args.variants.split(",")
+    for i, variant in enumerate(variants):
+        print(f"[{i + 1}/{len(variants)}] {variant}: compiling and evaluating ...", flush=True)
+        t0 = time.perf_counter()
+        results.append(run_child(variant, args, forwarded))
+        status = results[-1].get("error", "done")
+        print(f"[{i + 1}/{len(variants)}] {variant}: {status} ({time.perf_counter() - t0:.0f} s)",
+              flush=True)
     print(table(results, peak), flush=True)
     with open(args.json, "w") as f:
         json.dump({"matmul_peak_flops": peak, "args": vars(args), "results": results}, f,
