@@ -198,6 +198,14 @@ RUNS = {
                         "| composite_report6 | ma2ml |"),
     "se_real": Run(f"{SE} --suite=real --cache={{suite}} --algorithms=random,ma2ml_paper "
                    "--out={out}/se_real", "| nb_macro | ma2ml_paper |"),
+    "se_ordered": Run(f"{SE} --suite=real --cache={{suite}} --algorithms=ma2ml_order_critic,"
+                      "ma2ml_order_steps,ma2ml_ordered --out={out}/se_ordered",
+                      "| nb_macro | ma2ml_ordered |"),
+    "se_reporting": Run(f"{SE} --suite=reporting --cache={{suite}} --algorithms=ma2ml,"
+                        "ma2ml_order_critic,tpe,evolution,local,ma2ml_paper,random "
+                        "--out={out}/se_reporting", "| xgboost_12 | ma2ml_order_critic |"),
+    "se_local": Run(f"{SE} --suite=nb_macro,tune_b --cache={{suite}} --algorithms=ma2ml_local2,"
+                    "ma2ml_local2_mutants --out={out}/se_local", "| tune_b | ma2ml_local2 |"),
     "se_real_sweep": Run("ma2ml_jax.bench.sample_efficiency --quick --suite=real --sweep "
                          "--cache={suite} --out={out}/se_real_sweep", "chosen:"),
     "se_real_sweep_paper": Run("ma2ml_jax.bench.sample_efficiency --quick --suite=real --sweep "
@@ -281,6 +289,11 @@ COMMANDS = {
     "python -m ma2ml_jax.bench.real_search --config=configs/full_space_digits.py "
     "--searchers=ma2ml,ma2ml_frozen --seeds=2 --out=runs/real_search": Elsewhere(REAL_SEARCH, (
         "--config=configs/full_space_digits.py:local", "--searchers=random", "--seeds=1")),
+    "python -m ma2ml_jax.bench.real_search": Elsewhere(REAL_SEARCH, (
+        "--config=configs/full_space_digits.py:local", "--searchers=random", "--seeds=1")),
+    "python -m ma2ml_jax.bench.real_search --config=configs/full_space_digits.py "
+    "--searchers=ma2ml,ma2ml_frozen --seeds=1": Elsewhere(REAL_SEARCH, (
+        "--config=configs/full_space_digits.py:local", "--searchers=random", "--seeds=1")),
     # Benchmarks.
     "python -m ma2ml_jax.bench.throughput": "throughput",
     "python -m ma2ml_jax.bench.throughput --workload=default --pipelines=8 --iterations=2 "
@@ -329,6 +342,18 @@ COMMANDS = {
     "evolution,tpe": "se_composite",
     "python -m ma2ml_jax.bench.sample_efficiency --suite=real --seeds=10 --jobs=2 --no_timing "
     "--algorithms=random,tpe,evolution,local,ma2ml,ma2ml_paper": "se_real",
+    "python -m ma2ml_jax.bench.sample_efficiency --suite=real --first_seed=100 --seeds=3 "
+    "--no_timing --jobs=1 --algorithms=ma2ml,ma2ml_order_critic,ma2ml_order_steps,ma2ml_ordered":
+        "se_ordered",
+    "python -m ma2ml_jax.bench.sample_efficiency --suite=reporting --seeds=5 --no_timing "
+    "--jobs=1 --algorithms=ma2ml,ma2ml_order_critic,tpe,local": "se_reporting",
+    "python -m ma2ml_jax.bench.sample_efficiency --suite=reporting --seeds=5 --no_timing "
+    "--algorithms=ma2ml,tpe,evolution,local,ma2ml_paper,random": "se_reporting",
+    "python -m ma2ml_jax.bench.sample_efficiency --first_seed=100 --seeds=3 --no_timing "
+    "--suite=nb_macro,channel_mobilenet,channel_resnet,xgboost_1501,xgboost_40499,rpart_14,"
+    "rpart_40499,tune_b --algorithms=ma2ml,ma2ml_local2,ma2ml_local2_mutants": "se_local",
+    "python -m ma2ml_jax.bench.sample_efficiency --suite=tune_c --first_seed=100 --seeds=3 "
+    "--no_timing --algorithms=ma2ml_local2": "se_local",
     "python -m ma2ml_jax.bench.sample_efficiency --suite=real --sweep --jobs=2": "se_real_sweep",
     "python -m ma2ml_jax.bench.sample_efficiency --suite=real --sweep "
     "--sweep_algorithm=ma2ml_paper": "se_real_sweep_paper",
